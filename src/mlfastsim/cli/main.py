@@ -1,0 +1,56 @@
+"""Entry point of the ``mlfastsim`` command.
+
+Errors a user can cause (:class:`MlfastsimError`) are printed as one line on stderr with exit code 2;
+``--debug`` shows the traceback instead.  Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from mlfastsim import __version__
+from mlfastsim.cli import demo, showers
+from mlfastsim.core.errors import MlfastsimError
+
+app = typer.Typer(
+    name="mlfastsim",
+    help="Machine-learning fast simulation: calorimeter showers, LArTPC, selective background simulation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(showers.app, name="showers")
+app.command("demo")(demo.demo)
+
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mlfastsim {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    _state["debug"] = debug
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; translate user errors into one line and exit code 2."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        app(args=argv, prog_name="mlfastsim")
+    except MlfastsimError as exc:
+        if debug:
+            raise
+        typer.secho(f"error: {exc.one_line()}", err=True, fg=typer.colors.RED)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,156 @@
+"""``mlfastsim showers ...``: simulate, convert and validate calorimeter showers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mlfastsim.cli.common import ConfigOpt, SetOpt, parse_floats, parse_range
+from mlfastsim.core.config import load_config
+from mlfastsim.core.errors import ConfigError
+from mlfastsim.core.io import ensure_writable_dir
+from mlfastsim.showers.config import ConvertConfig, SimulateConfig, ValidateConfig
+
+app = typer.Typer(help="Calorimeter showers: simulate, convert, validate.", no_args_is_help=True)
+console = Console()
+
+
+@app.command()
+def simulate(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    detector: Annotated[str | None, typer.Option(help="Detector preset (SiW, SciPb, PbWO4, FCCeeSiW) or YAML.")] = None,
+    mesh: Annotated[str | None, typer.Option(help="Mesh preset (ds2, par04, ds3), binning XML or YAML.")] = None,
+    particle: Annotated[str | None, typer.Option(help="electron or photon.")] = None,
+    energy_gev: Annotated[str | None, typer.Option("--energy-gev", help="Energies in GeV, e.g. 1,10,100.")] = None,
+    energy_range_gev: Annotated[
+        str | None, typer.Option("--energy-range-gev", help="Log-uniform energy range in GeV, e.g. 1:1000.")
+    ] = None,
+    angle_deg: Annotated[str | None, typer.Option("--angle-deg", help="Incidence angles in degrees, e.g. 90.")] = None,
+    angle_range_deg: Annotated[
+        str | None, typer.Option("--angle-range-deg", help="Uniform angle range in degrees, e.g. 50:90.")
+    ] = None,
+    n_per_point: Annotated[int | None, typer.Option(help="Showers per (energy, angle) point, or in total for ranges.")]
+    = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    chunk_size: Annotated[int | None, typer.Option(help="Showers per task (fixes the per-chunk seeds).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Local Dask workers (processes).")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Address of an existing Dask scheduler.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output HDF5 file (native format).")] = None,
+) -> None:
+    """Simulate electromagnetic showers with the reference (Grindhammer-Peters) simulator."""
+    from mlfastsim.showers.pipeline import simulate_to_file
+
+    cfg = load_config(
+        SimulateConfig,
+        config,
+        cli={
+            "detector": detector,
+            "mesh": mesh,
+            "particle": particle,
+            "energies_gev": parse_floats(energy_gev, "--energy-gev"),
+            "energy_range_gev": parse_range(energy_range_gev, "--energy-range-gev"),
+            "angles_deg": parse_floats(angle_deg, "--angle-deg"),
+            "angle_range_deg": parse_range(angle_range_deg, "--angle-range-deg"),
+            "n_per_point": n_per_point,
+            "seed": seed,
+            "chunk_size": chunk_size,
+            "parallel.workers": workers,
+            "parallel.scheduler": scheduler,
+            "output": output,
+        },
+        overrides=set_ or [],
+    )
+    data = simulate_to_file(cfg, progress=True)
+    etot = data.showers.sum(axis=1) / data.energies
+    console.print(
+        f"[green]wrote[/] {cfg.output}: {len(data)} showers, {data.mesh.describe()} mesh, "
+        f"E_tot/E_inc = {etot.mean():.3f} ± {etot.std():.3f}"
+    )
+
+
+@app.command()
+def convert(
+    inputs: Annotated[list[Path], typer.Argument(help="Input file(s).", show_default=False)],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    from_: Annotated[str | None, typer.Option("--from", help="Input layout: calochallenge, par04, hits, native.")]
+    = None,
+    to: Annotated[str | None, typer.Option("--to", help="Output layout: native, calochallenge, par04.")] = None,
+    binning: Annotated[Path | None, typer.Option(help="CaloChallenge binning XML giving the mesh.")] = None,
+    mesh: Annotated[str | None, typer.Option(help="Mesh preset or YAML (instead of --binning).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (directory for par04).")] = None,
+) -> None:
+    """Convert shower files between layouts (CaloChallenge, Par04, hits) and the native format."""
+    from mlfastsim.showers import formats
+    from mlfastsim.showers.pipeline import resolve_mesh
+
+    cfg = load_config(
+        ConvertConfig,
+        config,
+        cli={"source_format": from_, "target_format": to, "inputs": [str(p) for p in inputs], "output": output,
+             "binning": binning, "mesh": mesh},
+        overrides=set_ or [],
+    )
+    if cfg.target_format not in formats.WRITERS:
+        raise ConfigError(f"unknown output layout {cfg.target_format!r}", field="--to",
+                          fix=f"use one of {', '.join(formats.WRITERS)}")
+    ensure_writable_dir(cfg.output.parent if cfg.target_format != "par04" else cfg.output)
+    data = formats.convert(cfg.source_format, cfg.inputs, mesh=resolve_mesh(cfg.mesh, cfg.binning))
+    formats.WRITERS[cfg.target_format](data, cfg.output)
+    console.print(f"[green]wrote[/] {cfg.output}: {len(data)} showers, {data.mesh.describe()} mesh")
+
+
+@app.command()
+def validate(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    reference: Annotated[Path | None, typer.Option(help="Reference sample (e.g. Geant4).")] = None,
+    candidate: Annotated[Path | None, typer.Option(help="Candidate sample (e.g. a generative model).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output directory.")] = None,
+    binning: Annotated[Path | None, typer.Option(help="CaloChallenge binning XML (mesh of both files).")] = None,
+    mesh: Annotated[str | None, typer.Option(help="Mesh preset or YAML (instead of --binning).")] = None,
+    no_classifier: Annotated[bool, typer.Option("--no-classifier", help="Skip the classifier test.")] = False,
+    seed: Annotated[int | None, typer.Option(help="Random seed (classifier).")] = None,
+    tracking: Annotated[str | None, typer.Option(help="Tracking backend: local, mlflow, wandb.")] = None,
+) -> None:
+    """Compare a candidate sample with a reference: observables, metrics, classifier, plots, HTML report."""
+    from mlfastsim.showers.pipeline import validate_files
+    from mlfastsim.showers.validate import summary_table
+
+    cfg = load_config(
+        ValidateConfig,
+        config,
+        cli={"reference": reference, "candidate": candidate, "output": output, "binning": binning, "mesh": mesh,
+             "classifier": False if no_classifier else None, "seed": seed, "tracking.backend": tracking},
+        overrides=set_ or [],
+    )
+    metrics = validate_files(cfg, progress=True)
+    console.print(summary_table(metrics))
+    console.print(f"[green]wrote[/] {cfg.output / 'metrics.json'} and {cfg.output / 'report.html'}")
+
+
+@app.command()
+def presets() -> None:
+    """List the detector and mesh presets with the material facts the simulator uses."""
+    from mlfastsim.showers.geometry import DETECTOR_PRESETS, MESH_PRESETS
+
+    t = Table(title="Detectors")
+    for col in ("name", "structure", "X0 [mm]", "R_M [mm]", "Ec [MeV]", "Z_eff", "f_samp", "a", "b", "depth"):
+        t.add_column(col)
+    for det in DETECTOR_PRESETS.values():
+        t.add_row(det.name, det.description, f"{det.x0:.2f}", f"{det.rm:.2f}", f"{det.ec:.2f}", f"{det.z_eff:.1f}",
+                  f"{det.sampling_fraction:.4f}", f"{det.resolution_a:.3f}", f"{det.constant_term:.3f}",
+                  f"{det.depth_mm / det.x0:.1f} X0")
+    console.print(t)
+    m = Table(title="Meshes")
+    for col in ("name", "n_r x n_phi x n_z", "voxels", "dr [mm]", "dz [mm]", "radius [mm]"):
+        m.add_column(col)
+    for name, mesh in MESH_PRESETS.items():
+        m.add_row(name, f"{mesh.n_r} x {mesh.n_phi} x {mesh.n_z}", str(mesh.n_voxels), f"{mesh.size_r}",
+                  f"{mesh.size_z}", f"{mesh.radius:.2f}")
+    console.print(m)

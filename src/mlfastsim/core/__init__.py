@@ -1,0 +1,1 @@
+"""What every workflow shares; knows nothing of physics."""

@@ -1,0 +1,156 @@
+"""YAML configs validated by pydantic, with ``--set a.b=c`` overrides.
+
+Precedence, lowest first: model defaults < YAML file (``--config``) < command-line options < ``--set``.
+``--set`` is the most specific thing a user can type, so it wins.  Unknown keys are errors (a typo in a
+config must never be silently ignored), and every error names the file, the dotted key and the fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from mlfastsim.core.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are rejected, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML mapping with ``safe_load`` and clear errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("config file does not exist", file=p, fix="check the --config path")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"invalid YAML{where}", file=p, fix="fix the YAML syntax") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError("config is not UTF-8 text", file=p, fix="pass a YAML file") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("top level must be a mapping (key: value)", file=p, fix="write key: value pairs")
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split ``a.b=c`` into (["a", "b"], value); the value is parsed as YAML (so 3, 1e-3, [1,2], true work)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} has no '='", field="--set", fix="write --set section.key=value")
+    key, raw = item.split("=", 1)
+    parts = [k for k in key.strip().split(".") if k]
+    if not parts:
+        raise ConfigError(f"override {item!r} has an empty key", field="--set", fix="write --set section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def _check_path(model: type[BaseModel], parts: Sequence[str], item: str) -> None:
+    """Make sure a dotted key names a real field, so a typo fails instead of silently doing nothing."""
+    current: Any = model
+    for i, part in enumerate(parts):
+        fields = getattr(current, "model_fields", None)
+        if fields is None:
+            if isinstance(current, dict) or current is dict:
+                return
+            raise ConfigError(
+                f"'{'.'.join(parts[:i])}' is not a section", field=f"--set {item}", fix="check the key"
+            )
+        if part not in fields:
+            raise ConfigError(
+                f"unknown key {'.'.join(parts[: i + 1])!r}",
+                field=f"--set {item}",
+                fix=f"valid keys here: {', '.join(sorted(fields))}",
+            )
+        annotation = fields[part].annotation
+        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else (
+            _model_in(annotation)
+        )
+        if current is None and i < len(parts) - 1:
+            # A free-form mapping (dict) accepts any sub-key.
+            return
+
+
+def _model_in(annotation: Any) -> Any:
+    for arg in getattr(annotation, "__args__", ()) or ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def _set_nested(d: dict[str, Any], parts: Sequence[str], value: Any) -> None:
+    for part in parts[:-1]:
+        nxt = d.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            d[part] = nxt
+        d = nxt
+    d[parts[-1]] = value
+
+
+def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``extra`` into a copy of ``base`` (mappings merge, everything else replaces)."""
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(
+    model: type[M],
+    path: str | Path | None = None,
+    *,
+    cli: Mapping[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+) -> M:
+    """Build a validated config: defaults < YAML file < ``cli`` values (None = not given) < ``--set``."""
+    data: dict[str, Any] = read_yaml(path) if path else {}
+    if cli:
+        given: dict[str, Any] = {}
+        for key, value in cli.items():
+            if value is not None:
+                _set_nested(given, key.split("."), value)
+        data = deep_merge(data, given)
+    for item in overrides:
+        parts, value = parse_override(item)
+        _check_path(model, parts, item)
+        _set_nested(data, parts, value)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or "<root>"
+        from_set = any(item.split("=", 1)[0].strip() == loc for item in overrides)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        fix = "remove or rename the key" if err["type"] == "extra_forbidden" else "give a value of the right type"
+        raise ConfigError(
+            f"{msg} (got {err.get('input')!r})" if err["type"] != "extra_forbidden" else msg,
+            file="--set" if from_set else path,
+            field=loc,
+            fix=fix,
+        ) from exc
+
+
+def dump_config(cfg: BaseModel) -> str:
+    """The resolved config as YAML, saved next to outputs so a run can be repeated."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Calorimeter showers: geometry, reference simulators, formats, validation and generative models."""
