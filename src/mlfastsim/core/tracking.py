@@ -15,9 +15,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
-
-from typing import Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from mlfastsim.core.config import StrictModel
 from mlfastsim.core.errors import ConfigError

@@ -216,7 +216,9 @@ def read_binning_xml(path: str | Path, *, particle: str | None = None, size_z: f
     except ET.ParseError as exc:
         raise GeometryError(f"malformed binning XML ({exc})", file=p, fix="pass a CaloChallenge binning file") from exc
     if root.tag != "Bins":
-        raise GeometryError(f"root element is <{root.tag}>, expected <Bins>", file=p, fix="pass a CaloChallenge binning file")
+        raise GeometryError(
+            f"root element is <{root.tag}>, expected <Bins>", file=p, fix="pass a CaloChallenge binning file"
+        )
     bins = root.findall("Bin")
     if particle is not None:
         bins = [b for b in bins if b.get("name") == particle or b.get("pid") == str(particle)]
@@ -312,8 +314,8 @@ MATERIALS: dict[str, Material] = {
     "Si": Material("Si", 14, 28.0855, 2.329, 93.70, 49.44, 40.19, 0.3876),
     # PDG polystyrene scintillator: X0 413.1 mm, Ec 93.11 MeV, R_M 94.1 mm, 1.936 MeV cm2/g * 1.06 g/cm3
     "Scintillator": Material("Scintillator", 5.6, 11.2, 1.06, 413.1, 94.1, 93.11, 0.2052),
-    # PDG iron: X0 17.57 mm, R_M 16.97 mm, Ec 21.68 MeV, 1.451 MeV cm2/g * 7.874 g/cm3
-    "Fe": Material("Fe", 26, 55.845, 7.874, 17.57, 16.97, 21.68, 1.143),
+    # PDG iron: X0 17.57 mm, R_M 17.19 mm, Ec 21.68 MeV, 1.451 MeV cm2/g * 7.874 g/cm3
+    "Fe": Material("Fe", 26, 55.845, 7.874, 17.57, 17.19, 21.68, 1.143),
 }
 
 
@@ -479,7 +481,8 @@ DETECTOR_PRESETS: dict[str, Detector] = {
     "SiW": Detector("SiW", MATERIALS["W"], 1.4, 90, MATERIALS["Si"], 0.3, description="90 x [1.4 mm W + 0.3 mm Si]"),
     # Shashlik-like sampling calorimeter: 45 x (1.4 mm Pb + 1.2 mm scintillator).
     "SciPb": Detector(
-        "SciPb", MATERIALS["Pb"], 1.4, 45, MATERIALS["Scintillator"], 1.2, description="45 x [1.4 mm Pb + 1.2 mm scint.]"
+        "SciPb", MATERIALS["Pb"], 1.4, 45, MATERIALS["Scintillator"], 1.2,
+        description="45 x [1.4 mm Pb + 1.2 mm scint.]",
     ),
     # Homogeneous crystal block, 230 mm long (CMS-like, 25.8 X0); a, b as measured for the CMS ECAL.
     "PbWO4": Detector(

@@ -74,7 +74,7 @@ def simulate_to_file(cfg: SimulateConfig, *, progress: bool = False) -> ShowerDa
     return data
 
 
-def _simulate_task(detector, mesh, energies, angles, particle: str, seed: int, chunk_index: int) -> np.ndarray:  # noqa: ANN001
+def _simulate_task(detector, mesh, energies, angles, particle: str, seed: int, chunk_index: int) -> np.ndarray:
     from mlfastsim.showers.simulate import simulate_chunk
 
     return simulate_chunk(detector, mesh, energies, angles, particle=particle, seed=seed, chunk_index=chunk_index)
