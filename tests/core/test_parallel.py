@@ -28,6 +28,7 @@ def test_user_error_from_a_worker_comes_back_as_is() -> None:
         run_tasks(fail_on_three, [(i,) for i in range(5)], workers=2, progress=False)
 
 
-def test_bad_scheduler_address() -> None:
+def test_bad_scheduler_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mlfastsim.core.parallel.CONNECT_TIMEOUT_S", 2)
     with pytest.raises(ConfigError, match="scheduler"):
         run_tasks(square_plus, [(1, 1)], scheduler="tcp://127.0.0.1:1", progress=False)

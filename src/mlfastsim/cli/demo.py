@@ -58,19 +58,31 @@ def demo(
 
 
 def _comparison_table(results: dict[str, dict[str, Any]]) -> Table:
+    """Side-by-side headline numbers: per-shower observables, worst layer of each per-layer family,
+    classifier AUCs and FPD/KPD."""
+    from mlfastsim.showers.observables import PER_LAYER, layer_prefix
+
     names = list(results)
     table = Table(title="Validation against SiW_a (separation power: 0 = identical, 1 = disjoint)")
     table.add_column("metric")
     for name in names:
         table.add_column(f"{name} vs SiW_a", justify="right")
-    observables = list(results[names[0]]["observables"])
-    for obs in observables:
-        table.add_row(f"sep. power {obs}", *(f"{results[n]['observables'][obs]['separation_power']:.4f}"
-                                             for n in names))
+    first = results[names[0]]["observables"]
+    prefixes = [layer_prefix(key) for key in PER_LAYER]
+    for obs in first:
+        if not any(obs.startswith(p) for p in prefixes):
+            table.add_row(f"sep. power {obs}", *(f"{results[n]['observables'][obs]['separation_power']:.4f}"
+                                                 for n in names))
+    for key, prefix in zip(PER_LAYER, prefixes, strict=True):
+        worst = [max((m["separation_power"] for o, m in results[n]["observables"].items() if o.startswith(prefix)),
+                     default=float("nan")) for n in names]
+        table.add_row(f"sep. power {key} (worst layer)", *(f"{w:.4f}" for w in worst))
     for level in ("low_level", "high_level"):
-        if "classifier" in results[names[0]] and level in results[names[0]]["classifier"]:
+        if level in results[names[0]].get("classifier", {}):
             table.add_row(f"classifier AUC ({level.replace('_', '-')})",
                           *(f"{results[n]['classifier'][level]['auc']:.3f}" for n in names))
-    if "fpd" in results[names[0]]:
-        table.add_row("FPD", *(f"{results[n]['fpd']['value']:.4f}" for n in names))
+    for key in ("fpd", "kpd"):
+        if key in results[names[0]]:
+            table.add_row(key.upper(), *(f"{results[n][key]['value']:.3g} ± {results[n][key]['error']:.2g}"
+                                        for n in names))
     return table

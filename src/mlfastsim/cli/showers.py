@@ -115,6 +115,9 @@ def validate(
     binning: Annotated[Path | None, typer.Option(help="CaloChallenge binning XML (mesh of both files).")] = None,
     mesh: Annotated[str | None, typer.Option(help="Mesh preset or YAML (instead of --binning).")] = None,
     no_classifier: Annotated[bool, typer.Option("--no-classifier", help="Skip the classifier test.")] = False,
+    exclude_empty: Annotated[
+        bool, typer.Option("--exclude-empty", help="Drop showers with no energy instead of refusing them.")
+    ] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed (classifier).")] = None,
     tracking: Annotated[str | None, typer.Option(help="Tracking backend: local, mlflow, wandb.")] = None,
 ) -> None:
@@ -126,7 +129,8 @@ def validate(
         ValidateConfig,
         config,
         cli={"reference": reference, "candidate": candidate, "output": output, "binning": binning, "mesh": mesh,
-             "classifier": False if no_classifier else None, "seed": seed, "tracking.backend": tracking},
+             "classifier": False if no_classifier else None,
+             "exclude_empty": True if exclude_empty else None, "seed": seed, "tracking.backend": tracking},
         overrides=set_ or [],
     )
     metrics = validate_files(cfg, progress=True)

@@ -21,6 +21,9 @@ from mlfastsim.core.progress import progress_bar
 
 T = TypeVar("T")
 
+# How long to wait for an existing scheduler before telling the user it is unreachable.
+CONNECT_TIMEOUT_S = 10
+
 
 class ParallelConfig(StrictModel):
     """The ``parallel:`` section: how many local Dask workers, or which existing scheduler."""
@@ -36,7 +39,7 @@ def dask_client(workers: int = 1, scheduler: str | None = None) -> Iterator[Any]
 
     if scheduler:
         try:
-            client = Client(scheduler, timeout="10s")
+            client = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")
         except (OSError, TimeoutError) as exc:
             raise ConfigError(
                 f"cannot connect to Dask scheduler {scheduler!r} ({exc})",

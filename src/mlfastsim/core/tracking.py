@@ -153,8 +153,11 @@ TRACKERS: dict[str, Callable[..., Tracker]] = {
 
 
 def tracker_from_config(cfg: TrackingConfig, default_name: str) -> Tracker:
-    """Create the tracker a ``tracking:`` section asks for; runs live in ``dir/run_name``."""
-    name = cfg.run_name or default_name
+    """Create the tracker a ``tracking:`` section asks for; runs live in ``dir/run_name``.
+
+    Without an explicit run name, the default gets a timestamp so repeated runs never mix their metrics.
+    """
+    name = cfg.run_name or f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return make_tracker(cfg.backend, cfg.dir / name, run_name=name)
 
 

@@ -57,5 +57,6 @@ class ValidateConfig(StrictModel):
     binning: Path | None = None
     mesh: str | None = None
     classifier: bool = True
+    exclude_empty: bool = False
     seed: int = 0
     tracking: TrackingConfig = TrackingConfig()

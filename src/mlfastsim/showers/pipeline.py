@@ -88,10 +88,10 @@ def validate_files(cfg: ValidateConfig, *, progress: bool = False) -> dict[str, 
     if cfg.reference is None or cfg.candidate is None:
         missing = "--reference" if cfg.reference is None else "--candidate"
         raise ConfigError("no file given", field=missing, fix=f"pass {missing} FILE.h5")
-    outdir = ensure_writable_dir(cfg.output)
     mesh = resolve_mesh(cfg.mesh, cfg.binning)
     reference = read_native(cfg.reference, mesh=mesh)
     candidate = read_native(cfg.candidate, mesh=mesh)
+    outdir = ensure_writable_dir(cfg.output)
     reference.meta.setdefault("source", str(cfg.reference))
     candidate.meta.setdefault("source", str(cfg.candidate))
     tracker = tracker_from_config(cfg.tracking, default_name=f"validate-{outdir.name}")
@@ -101,6 +101,7 @@ def validate_files(cfg: ValidateConfig, *, progress: bool = False) -> dict[str, 
         metrics = run_validation(
             reference, candidate, outdir, classifier=cfg.classifier, tracker=tracker, seed=cfg.seed,
             labels=(cfg.reference.stem, cfg.candidate.stem), progress=progress,
+            exclude_empty=cfg.exclude_empty,
         )
     finally:
         tracker.close()
