@@ -8,8 +8,10 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from mlfastsim.core.config import StrictModel
+from mlfastsim.core.devices import DeviceConfig
 from mlfastsim.core.parallel import ParallelConfig
 from mlfastsim.core.tracking import TrackingConfig
+from mlfastsim.core.trainer import TrainerConfig
 
 
 class SimulateConfig(StrictModel):
@@ -59,4 +61,88 @@ class ValidateConfig(StrictModel):
     classifier: bool = True
     exclude_empty: bool = False
     seed: int = 0
+    tracking: TrackingConfig = TrackingConfig()
+
+
+# ------------------------------------------------------------------------------------ MetaHEP road
+class ConditioningConfig(StrictModel):
+    """How a shower is conditioned (Par04/MetaHEP): E/MAX_ENERGY, angle/MAX_ANGLE, geometry one-hot."""
+
+    max_energy_gev: float = Field(1000.0, gt=0)
+    max_angle_deg: float = Field(90.0, gt=0)
+    n_geometry_slots: int = Field(3, ge=1)
+
+
+class DataConfig(StrictModel):
+    """Training data: native shower files, each with the one-hot slot of its geometry.
+
+    ``geometry_index[i]`` is the one-hot slot of ``files[i]``; a new geometry being adapted uses slot 0
+    ([1, 0, 0], as in MetaHEP).  Missing indices default to 0, 1, 2... in file order.
+    """
+
+    files: list[Path] = Field(default_factory=list)
+    geometry_index: list[int] | None = None
+    max_showers_per_file: int | None = Field(None, ge=1)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    conditioning: ConditioningConfig = ConditioningConfig()
+
+
+class VAEConfig(StrictModel):
+    """The Par04 VAE: encoder 100-50-20-14 with batch norm and leaky ReLU, latent 10, mirrored decoder."""
+
+    type: Literal["vae"] = "vae"
+    encoder_sizes: list[int] = Field(default_factory=lambda: [100, 50, 20, 14])
+    latent_dim: int = Field(10, ge=1)
+    batch_norm: bool = True
+    leaky_relu_slope: float = 0.01
+    kl_weight: float = Field(1.0, ge=0.0)
+
+
+class TrainConfig(StrictModel):
+    """``showers train``: plain conditional training on one or several geometries."""
+
+    data: DataConfig = DataConfig()
+    model: VAEConfig = VAEConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    device: DeviceConfig = DeviceConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    output_dir: Path = Path("runs/train")
+    transfer_from: Path | None = None  # load matching weights from another checkpoint
+
+
+class MetaConfig(StrictModel):
+    """``showers meta-train``: Reptile (or first-order MAML) over geometry tasks, one task per file."""
+
+    data: DataConfig = DataConfig()
+    model: VAEConfig = VAEConfig()
+    algorithm: Literal["reptile", "fomaml"] = "reptile"
+    meta_steps: int = Field(1000, ge=1)
+    inner_steps: int = Field(5, ge=1)
+    inner_lr: float = Field(1e-3, gt=0)
+    meta_lr: float = Field(0.5, gt=0)
+    tasks_per_step: int = Field(3, ge=1)
+    batch_size: int = Field(128, ge=1)
+    eval_every: int = Field(50, ge=1)
+    checkpoint_every: int = Field(200, ge=1)
+    seed: int = 0
+    device: DeviceConfig = DeviceConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    output_dir: Path = Path("runs/meta")
+
+
+class AdaptConfig(StrictModel):
+    """``showers adapt``: fine-tune a pre-trained model on a few showers of a new geometry."""
+
+    data: DataConfig = DataConfig()
+    checkpoint: Path | None = None  # None = the pre-trained model shipped with mlfastsim
+    adaptation_steps: int = Field(400, ge=1)
+    checkpoint_step: int = Field(50, ge=1)
+    plot_freq: int = Field(100, ge=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    seed: int = 0
+    study_name: str = "adaptation"
+    run_name: str | None = None
+    output_dir: Path = Path("runs")
+    device: DeviceConfig = DeviceConfig()
     tracking: TrackingConfig = TrackingConfig()
