@@ -146,3 +146,40 @@ class AdaptConfig(StrictModel):
     output_dir: Path = Path("runs")
     device: DeviceConfig = DeviceConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+
+class ExportConfig(StrictModel):
+    """``showers export``: the decoder of a trained/adapted model as ONNX plus a JSON sidecar."""
+
+    checkpoint: Path | None = None  # a checkpoint file directly, or find it by study/run/step:
+    study_name: str | None = None
+    run_name: str | None = None  # default: the most recent run of the study
+    adaptation_step: int | None = None  # default: the last checkpoint of the run
+    output_dir: Path = Path("runs")
+    onnx_file_name: Path = Path("model.onnx")
+    opset: int = Field(18, ge=13)
+    parity_tolerance: float = Field(1e-4, gt=0)
+    parity_samples: int = Field(256, ge=1)
+
+
+class GenerateConfig(StrictModel):
+    """``showers generate``: sample showers from a checkpoint or an ONNX file into the native format."""
+
+    checkpoint: Path | None = None
+    onnx: Path | None = None
+    energies_gev: list[float] | None = None
+    energy_range_gev: tuple[float, float] | None = None
+    angles_deg: list[float] | None = None
+    angle_range_deg: tuple[float, float] | None = None
+    n_per_point: int = Field(1000, ge=1)
+    geometry_index: int = Field(0, ge=0)
+    batch_size: int = Field(10000, ge=1)
+    seed: int = 0
+    output: Path = Path("generated.h5")
+    device: DeviceConfig = DeviceConfig()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> GenerateConfig:
+        if (self.checkpoint is None) == (self.onnx is None):
+            raise ValueError("give exactly one of checkpoint (--checkpoint) or onnx (--onnx)")
+        return self
