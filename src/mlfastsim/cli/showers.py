@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mlfastsim.cli.common import ConfigOpt, SetOpt, parse_floats, parse_range
+from mlfastsim.core import distributed as dist_utils
 from mlfastsim.core.config import load_config
 from mlfastsim.core.errors import ConfigError
 from mlfastsim.core.io import ensure_writable_dir
@@ -158,3 +159,204 @@ def presets() -> None:
         m.add_row(name, f"{mesh.n_r} x {mesh.n_phi} x {mesh.n_z}", str(mesh.n_voxels), f"{mesh.size_r}",
                   f"{mesh.size_z}", f"{mesh.radius:.2f}")
     console.print(m)
+
+
+# ------------------------------------------------------------------------------------ MetaHEP road
+GpuIdsOpt = Annotated[str | None, typer.Option("--gpu-ids", help="GPUs to use, e.g. 0,1 (default: CPU).")]
+GpuMemOpt = Annotated[
+    int | None, typer.Option("--max-gpu-memory-allocation", help="Cap on CUDA memory per process, MB.")
+]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")]
+
+
+def _device_cli(gpu_ids: str | None, max_mem: int | None, threads: int | None) -> dict[str, object]:
+    from mlfastsim.core.devices import parse_gpu_ids
+
+    return {"device.gpu_ids": parse_gpu_ids(gpu_ids), "device.max_gpu_memory_mb": max_mem,
+            "device.num_threads": threads}
+
+
+@app.command()
+def train(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in output_dir.")]
+    = False,
+    model_type: Annotated[str | None, typer.Option("--model-type", help="Model from the registry (vae).")] = None,
+    data: Annotated[list[Path] | None, typer.Option("--data", help="Training file(s), one per geometry.")] = None,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run directory.")] = None,
+    gpu_ids: GpuIdsOpt = None,
+    max_gpu_memory_allocation: GpuMemOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Train a conditional shower model on one or several geometries (torchrun-ready)."""
+    from mlfastsim.showers.config import TrainConfig
+    from mlfastsim.showers.models import get_model_spec
+    from mlfastsim.showers.training import train_from_config
+
+    if model_type is not None:
+        get_model_spec(model_type)
+    cfg = load_config(
+        TrainConfig, config,
+        cli={"model.type": model_type, "data.files": [str(p) for p in data] if data else None,
+             "output_dir": output_dir, **_device_cli(gpu_ids, max_gpu_memory_allocation, threads)},
+        overrides=set_ or [],
+    )
+    result = train_from_config(cfg, resume=resume)
+    if dist_utils.is_main():
+        console.print(f"[green]done[/] step {result.step}, best val loss {result.best_val_loss:.4g} at step "
+                      f"{result.best_step} ({result.seconds:.1f} s); checkpoint {result.last_checkpoint}")
+    dist_utils.cleanup()
+
+
+@app.command("meta-train")
+def meta_train(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
+    data: Annotated[list[Path] | None, typer.Option("--data", help="One file per geometry task.")] = None,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run directory.")] = None,
+    gpu_ids: GpuIdsOpt = None,
+    max_gpu_memory_allocation: GpuMemOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Meta-train (Reptile or first-order MAML) over geometry tasks, one file per geometry."""
+    from mlfastsim.showers.config import MetaConfig
+    from mlfastsim.showers.meta import meta_train as run_meta
+
+    cfg = load_config(
+        MetaConfig, config,
+        cli={"data.files": [str(p) for p in data] if data else None, "output_dir": output_dir,
+             **_device_cli(gpu_ids, max_gpu_memory_allocation, threads)},
+        overrides=set_ or [],
+    )
+    result = run_meta(cfg, resume=resume)
+    if dist_utils.is_main():
+        console.print(f"[green]done[/] {result.step} meta-steps, best val loss {result.best_val_loss:.4g} "
+                      f"({result.seconds:.1f} s); checkpoint {result.last_checkpoint}")
+    dist_utils.cleanup()
+
+
+@app.command()
+def adapt(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: Annotated[list[Path] | None, typer.Option("--data", help="Showers of the new geometry.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Pre-trained checkpoint (default: the shipped one).")]
+    = None,
+    study_name: Annotated[str | None, typer.Option("--study-name", help="Groups runs: runs/STUDY/RUN.")] = None,
+    run_name: Annotated[str | None, typer.Option("--run-name", help="Run name (default: a timestamp).")] = None,
+    adaptation_steps: Annotated[int | None, typer.Option("--adaptation-steps")] = None,
+    checkpoint_step: Annotated[int | None, typer.Option("--checkpoint-step", help="Checkpoint every N steps.")]
+    = None,
+    plot_freq: Annotated[int | None, typer.Option("--plot-freq", help="Validation plots every N steps.")] = None,
+    gpu_ids: GpuIdsOpt = None,
+    max_gpu_memory_allocation: GpuMemOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Adapt a pre-trained model to a new geometry from a few hundred showers (every checkpoint kept)."""
+    from mlfastsim.showers.config import AdaptConfig
+    from mlfastsim.showers.meta import adapt as run_adapt
+
+    cfg = load_config(
+        AdaptConfig, config,
+        cli={"data.files": [str(p) for p in data] if data else None, "checkpoint": checkpoint,
+             "study_name": study_name, "run_name": run_name, "adaptation_steps": adaptation_steps,
+             "checkpoint_step": checkpoint_step, "plot_freq": plot_freq,
+             **_device_cli(gpu_ids, max_gpu_memory_allocation, threads)},
+        overrides=set_ or [],
+    )
+    result = run_adapt(cfg)
+    console.print(f"[green]done[/] {result}")
+
+
+@app.command()
+def export(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    study_name: Annotated[str | None, typer.Option("--study-name")] = None,
+    run_name: Annotated[str | None, typer.Option("--run-name", help="Default: the study's latest run.")] = None,
+    adaptation_step: Annotated[int | None, typer.Option("--adaptation-step", help="Default: the last one.")]
+    = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Export this checkpoint instead of a study's.")] = None,
+    onnx_file_name: Annotated[Path | None, typer.Option("--onnx-file-name", help="Output .onnx file.")] = None,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", help="Where studies live (runs).")] = None,
+) -> None:
+    """Export a model's decoder to ONNX (Par04 C++ inference layout) with a parity check and a JSON sidecar."""
+    from mlfastsim.showers.config import ExportConfig
+    from mlfastsim.showers.exporting import export_onnx
+
+    cfg = load_config(
+        ExportConfig, config,
+        cli={"study_name": study_name, "run_name": run_name, "adaptation_step": adaptation_step,
+             "checkpoint": checkpoint, "onnx_file_name": onnx_file_name, "output_dir": output_dir},
+        overrides=set_ or [],
+    )
+    path = export_onnx(cfg)
+    console.print(f"[green]wrote[/] {path} and {path.with_suffix('.json')}")
+
+
+@app.command()
+def generate(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Model checkpoint.")] = None,
+    onnx: Annotated[Path | None, typer.Option(help="ONNX file from `showers export` (with its .json).")] = None,
+    energy_gev: Annotated[str | None, typer.Option("--energy-gev", help="Energies in GeV, e.g. 1,10,100.")] = None,
+    energy_range_gev: Annotated[str | None, typer.Option("--energy-range-gev", help="e.g. 1:1000.")] = None,
+    angle_deg: Annotated[str | None, typer.Option("--angle-deg", help="Angles in degrees, e.g. 90.")] = None,
+    angle_range_deg: Annotated[str | None, typer.Option("--angle-range-deg", help="e.g. 50:90.")] = None,
+    n_per_point: Annotated[int | None, typer.Option(help="Showers per (energy, angle) point.")] = None,
+    geometry_index: Annotated[int | None, typer.Option(help="Geometry one-hot slot (0 = adapted geometry).")]
+    = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output HDF5 (native format).")] = None,
+) -> None:
+    """Generate showers from a checkpoint or an ONNX file into the native format (validate reads it)."""
+    from mlfastsim.showers.config import GenerateConfig
+    from mlfastsim.showers.generate import generate_to_file
+
+    cfg = load_config(
+        GenerateConfig, config,
+        cli={"checkpoint": checkpoint, "onnx": onnx, "energies_gev": parse_floats(energy_gev, "--energy-gev"),
+             "energy_range_gev": parse_range(energy_range_gev, "--energy-range-gev"),
+             "angles_deg": parse_floats(angle_deg, "--angle-deg"),
+             "angle_range_deg": parse_range(angle_range_deg, "--angle-range-deg"), "n_per_point": n_per_point,
+             "geometry_index": geometry_index, "seed": seed, "output": output},
+        overrides=set_ or [],
+    )
+    data = generate_to_file(cfg)
+    console.print(f"[green]wrote[/] {cfg.output}: {len(data)} showers")
+
+
+@app.command()
+def tune(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    n_trials: Annotated[int | None, typer.Option("--n-trials", help="Trials run by this process.")] = None,
+    storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL (sqlite:///..., postgresql://...).")]
+    = None,
+    study_name: Annotated[str | None, typer.Option("--study-name")] = None,
+) -> None:
+    """Hyperparameter search with Optuna over any config key; several processes can share one study."""
+    from mlfastsim.core.tuning import TuneConfig, run_study
+    from mlfastsim.showers.training import tune_objective
+
+    cfg = load_config(TuneConfig, config, cli={"n_trials": n_trials, "storage": storage, "study_name": study_name},
+                      overrides=set_ or [])
+    summary = run_study(cfg, tune_objective(cfg))
+    console.print(f"[green]best[/] {cfg.metric} = {summary['best_value']:.4g} with {summary['best_params']}")
+    console.print(f"best config: {cfg.output_dir / 'best_config.yaml'}")
+
+
+@app.command()
+def pretrained() -> None:
+    """List the pre-trained models shipped with mlfastsim."""
+    from mlfastsim.showers.pretrained import list_pretrained
+
+    table = Table(title="Pre-trained models")
+    for col in ("name", "model", "mesh", "description", "file"):
+        table.add_column(col)
+    for entry in list_pretrained():
+        table.add_row(entry["name"], entry["model_type"], entry["mesh"], entry["description"], entry["file"])
+    console.print(table)

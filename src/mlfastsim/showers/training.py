@@ -115,3 +115,31 @@ def train_from_config(
     finally:
         if tracker is not None:
             tracker.close()
+
+
+def tune_objective(tune_cfg: object) -> Callable[[list[str], Callable[[int, float], None]], float]:
+    """The objective of ``showers tune``: train ``base_config`` with a trial's overrides, report val metrics.
+
+    Each trial trains in its own directory under ``output_dir/trials`` so trials never share checkpoints.
+    """
+    import uuid
+
+    from mlfastsim.core.config import load_config
+
+    def objective(overrides: list[str], report: Callable[[int, float], None]) -> float:
+        cfg = load_config(TrainConfig, tune_cfg.base_config, overrides=[*tune_cfg.overrides, *overrides])
+        trial_dir = Path(tune_cfg.output_dir) / "trials" / uuid.uuid4().hex[:12]
+        cfg = cfg.model_copy(update={"output_dir": trial_dir})
+        cfg.tracking.dir = trial_dir / "tracking"
+        metric = tune_cfg.metric
+        last: dict[str, float] = {}
+
+        def on_eval(step: int, metrics: dict[str, float]) -> None:
+            last.update(metrics)
+            if metric in metrics:
+                report(step, metrics[metric])
+
+        result = train_from_config(cfg, progress=False, eval_callback=on_eval)
+        return result.best_val_loss if metric == "loss" else last[metric]
+
+    return objective
