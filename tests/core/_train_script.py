@@ -106,6 +106,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--no-batch-norm", action="store_true")
     parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--checkpoint-every", type=int, default=10)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--hang-after", type=int, default=0,
                         help="block (sleep) after this step's checkpoint, so the parent can SIGKILL us mid-run")
@@ -117,6 +119,8 @@ def main() -> None:
         args.outdir,
         max_steps=args.max_steps,
         batch_size=args.batch_size,
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
         batch_norm=not args.no_batch_norm,
         dropout=args.dropout,
         tracker=tracker,

@@ -22,7 +22,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(showers.app, name="showers")
-app.command("demo")(demo.demo)
+app.add_typer(demo.app, name="demo")
 
 _state = {"debug": False}
 

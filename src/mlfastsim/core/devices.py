@@ -68,6 +68,16 @@ def select_device(cfg: DeviceConfig, *, local_rank: int | None = None) -> torch.
             field="--gpu-ids",
             fix="name GPUs that exist (see nvidia-smi)",
         )
+    if len(set(cfg.gpu_ids)) != len(cfg.gpu_ids):
+        raise ConfigError(f"GPU list {cfg.gpu_ids} names a GPU twice", field="--gpu-ids", fix="name each GPU once")
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if local_world > len(cfg.gpu_ids):
+        # nccl cannot put two ranks on one GPU; say so here instead of failing deep inside the process group
+        raise ConfigError(
+            f"{local_world} processes per node but only {len(cfg.gpu_ids)} GPU(s) given ({cfg.gpu_ids})",
+            field="--gpu-ids",
+            fix="give one GPU per process: torchrun --nproc_per_node must not exceed the number of --gpu-ids",
+        )
     gpu = cfg.gpu_ids[local_rank % len(cfg.gpu_ids)]
     device = torch.device("cuda", gpu)
     torch.cuda.set_device(device)

@@ -54,7 +54,9 @@ def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
     if not is_distributed() or not values:
         return values
     keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    # nccl reduces CUDA tensors only; gloo reduces CPU tensors.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     t /= world_size()
     return dict(zip(keys, t.tolist(), strict=True))

@@ -25,6 +25,7 @@ Only rank 0 writes checkpoints and metrics.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -51,6 +52,8 @@ from mlfastsim.core.seeding import seed_everything, set_rng_state
 from mlfastsim.core.tracking import Tracker
 
 Batch = tuple[torch.Tensor, ...]
+
+logger = logging.getLogger(__name__)
 
 
 class TrainerConfig(StrictModel):
@@ -195,6 +198,9 @@ class Trainer:
         self.outdir = Path(outdir)
         self.ckpt_dir = self.outdir / "checkpoints"
         self.device = device or torch.device("cpu")
+        # Join the torchrun group before asking for rank/world size: a trainer built first would otherwise
+        # believe it is rank 0 of 1 in every process, and every process would write checkpoints.
+        dist_utils.init_distributed(self.device)
         self.train_data = train_data
         self.val_data = val_data
         self.tracker = tracker if dist_utils.is_main() else None
@@ -232,6 +238,10 @@ class Trainer:
         self.best_step = -1
         self.bad_evals = 0
         self.history: list[dict[str, float]] = []
+        # training scalars summed since the last evaluation: checkpointed, so the first evaluation after a
+        # resume averages the same steps as in an uninterrupted run
+        self.window: dict[str, float] = {}
+        self.n_window = 0
 
     # ------------------------------------------------------------------ hooks
     def add_hook(self, every: int, hook: Hook) -> None:
@@ -281,6 +291,8 @@ class Trainer:
             "best_step": self.best_step,
             "bad_evals": self.bad_evals,
             "history": self.history,
+            "window": dict(self.window),
+            "n_window": self.n_window,
             "trainer_config": self.cfg.model_dump(mode="json"),
             "modules": {k: m.state_dict() for k, m in self.task.modules().items()},
             "optimizers": {k: o.state_dict() for k, o in self.task.optimizers().items()},
@@ -303,8 +315,12 @@ class Trainer:
         return path
 
     def load(self, path: str | Path, *, restore_rng: bool = True) -> None:
-        """Restore a checkpoint written by :meth:`save` (weights_only load)."""
-        state = load_checkpoint(path, map_location=self.device)
+        """Restore a checkpoint written by :meth:`save` (weights_only load).
+
+        Loaded onto the CPU: RNG states must be CPU tensors, and ``load_state_dict`` of modules and
+        optimisers copies/casts every tensor to the device of the parameter it belongs to anyway.
+        """
+        state = load_checkpoint(path, map_location="cpu")
         try:
             for k, m in self.task.modules().items():
                 m.load_state_dict(state["modules"][k])
@@ -312,22 +328,46 @@ class Trainer:
                 o.load_state_dict(state["optimizers"][k])
             for k, s in self.task.schedulers().items():
                 s.load_state_dict(state["schedulers"][k])
-        except (KeyError, RuntimeError) as exc:
+            step = int(state["step"])
+            best_val, best_step = float(state["best_val"]), int(state["best_step"])
+            bad_evals = int(state["bad_evals"])
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
+            what = f"missing entry {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:160]
             raise InputFileError(
-                f"checkpoint does not fit this model ({str(exc).splitlines()[0][:160]})",
+                f"checkpoint does not fit this model ({what})",
                 file=path,
                 fix="resume with the same model and config that wrote the checkpoint",
             ) from exc
         load_extra = getattr(self.task, "load_extra_state", None)
         if callable(load_extra) and "task" in state:
             load_extra(state["task"])
-        self.step = int(state["step"])
-        self.best_val = float(state["best_val"])
-        self.best_step = int(state["best_step"])
-        self.bad_evals = int(state["bad_evals"])
+        self.step, self.best_val, self.best_step, self.bad_evals = step, best_val, best_step, bad_evals
         self.history = list(state.get("history", []))
+        self.window = dict(state.get("window", {}))
+        self.n_window = int(state.get("n_window", 0))
         if restore_rng and "rng" in state:
             set_rng_state(state["rng"])
+
+    def _set_aside_stale_checkpoints(self) -> None:
+        """A fresh run in a directory holding another run's checkpoints moves them aside (rank 0).
+
+        Left in place, a stale ``step_00001000.pt`` of an earlier, longer run would be what a later
+        ``--resume`` of this run picks up as its latest checkpoint.  They are moved, not deleted: one of
+        them may be the very checkpoint this run was initialised from (transfer learning, adaptation).
+        """
+        if not dist_utils.is_main():
+            return
+        stale = list_checkpoints(self.ckpt_dir)
+        if not stale:
+            return
+        aside = self.outdir / f"checkpoints.previous-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.mkdir(parents=True, exist_ok=True)
+        logger.warning(
+            "starting from scratch: moved %d checkpoint(s) of a previous run from %s to %s (resume to continue it)",
+            len(stale), self.ckpt_dir, aside,
+        )
+        for _, p in stale:
+            p.replace(aside / p.name)
 
     def resume_path(self, resume: bool | str | Path) -> Path | None:
         if resume is False or resume is None:
@@ -356,24 +396,27 @@ class Trainer:
         if start is not None:
             self.load(start)
         elif not self.step:
+            self._set_aside_stale_checkpoints()
             seed_everything(self.cfg.seed)
         self._wrap_for_ddp()
-        stopped_early = False
+        # a resumed run that had already early-stopped stays stopped instead of training on
+        patience = self.cfg.early_stopping_patience
+        stopped_early = bool(patience and self.bad_evals >= patience)
         last_ckpt: Path | None = start
-        window: dict[str, float] = {}
-        n_window = 0
         with progress_bar(self.total_steps, self.description, enabled=self.progress) as bar:
             bar.advance(self.step)
-            while self.step < self.total_steps:
+            while self.step < self.total_steps and not stopped_early:
                 logs = self.task.train_step(self._batch(self.step), self.step)
                 self.step += 1
                 for k, v in logs.items():
-                    window[k] = window.get(k, 0.0) + v
-                n_window += 1
+                    self.window[k] = self.window.get(k, 0.0) + v
+                self.n_window += 1
                 bar.advance()
                 if self.step % self.cfg.eval_every == 0 or self.step == self.total_steps:
-                    train_means = dist_utils.all_reduce_mean({f"train/{k}": v / n_window for k, v in window.items()})
-                    window, n_window = {}, 0
+                    train_means = dist_utils.all_reduce_mean(
+                        {f"train/{k}": v / self.n_window for k, v in self.window.items()}
+                    )
+                    self.window, self.n_window = {}, 0
                     val = dist_utils.all_reduce_mean({f"val/{k}": v for k, v in self.evaluate().items()})
                     record = {"step": float(self.step), **train_means, **val}
                     self.history.append(record)
@@ -388,7 +431,7 @@ class Trainer:
                     for fn in self.eval_callbacks:
                         fn(self.step, {k.split("/", 1)[1]: v for k, v in val.items()} or
                            {k.split("/", 1)[1]: v for k, v in train_means.items()})
-                    if self.cfg.early_stopping_patience and self.bad_evals >= self.cfg.early_stopping_patience:
+                    if patience and self.bad_evals >= patience:
                         stopped_early = True
                 if dist_utils.is_main():
                     for every, hook in self.hooks:

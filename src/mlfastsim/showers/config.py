@@ -111,7 +111,12 @@ class TrainConfig(StrictModel):
 
 
 class MetaConfig(StrictModel):
-    """``showers meta-train``: Reptile (or first-order MAML) over geometry tasks, one task per file."""
+    """``showers meta-train``: Reptile (or first-order MAML) over geometry tasks, one task per file.
+
+    ``meta_lr`` is Reptile's interpolation factor (meta <- meta + meta_lr * (adapted - meta)); it also
+    moves the batch-norm running statistics in both algorithms.  First-order MAML instead feeds the mean
+    gradient at the adapted weights to an outer Adam optimiser with learning rate ``outer_lr``.
+    """
 
     data: DataConfig = DataConfig()
     model: VAEConfig = VAEConfig()
@@ -119,7 +124,9 @@ class MetaConfig(StrictModel):
     meta_steps: int = Field(1000, ge=1)
     inner_steps: int = Field(5, ge=1)
     inner_lr: float = Field(1e-3, gt=0)
-    meta_lr: float = Field(0.5, gt=0)
+    inner_optimizer: Literal["adam", "sgd"] = "adam"  # a fresh optimiser per task and meta-step
+    meta_lr: float = Field(0.5, gt=0, le=1)
+    outer_lr: float = Field(1e-3, gt=0)  # fomaml only
     tasks_per_step: int = Field(3, ge=1)
     batch_size: int = Field(128, ge=1)
     eval_every: int = Field(50, ge=1)
