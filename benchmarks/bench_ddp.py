@@ -8,6 +8,9 @@ over the steps after a warm-up, measured on rank 0 (DDP keeps the ranks in locks
 * 1 process x 1 thread, and 1 process x N threads (intra-op parallelism, the usual alternative);
 * torchrun N processes x 1 thread each (data parallelism, gradients all-reduced over gloo).
 
+OpenMP threads spin-wait for each other, so the N-threads row collapses when other processes share the
+cores; the load average is printed with the table for that reason.
+
     .venv/bin/python benchmarks/bench_ddp.py                      # global batch 256, 40 steps, N = 2
     .venv/bin/python benchmarks/bench_ddp.py --batch-size 1024 --steps 20 --nproc 4
 """
@@ -132,7 +135,7 @@ def main() -> None:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"Par04-size VAE ({n_params / 1e6:.2f} M parameters), global batch {args.batch_size}, "
           f"{args.steps - 1 - args.warmup} timed steps after {args.warmup} warm-up, torch {torch.__version__}, "
-          f"{cpus} CPU cores")
+          f"{cpus} CPU cores, load average {os.getloadavg()[0]:.1f} (other work on the cores skews every row)")
     rows = [(1, 1), (1, args.nproc), (args.nproc, 1)]
     results = [(nproc, threads, run_config(nproc, threads, args)) for nproc, threads in rows]
     base = results[0][2]["samples_per_s"]

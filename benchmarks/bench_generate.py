@@ -12,7 +12,8 @@ For batches of 1, 100 and 10 000 showers it prints ms/shower of
 and the achieved FLOP rate of the decoder (2·in·out per Linear layer per shower) as a fraction of a
 plain fp32 GEMM of the same shape as the last layer, ``torch.mm`` (10000x100)@(100x40500) into a
 preallocated output, measured in the same run.  Timings are the best of ``--repeats`` runs (the
-fastest run is the one least disturbed by other work on the machine).
+fastest run is the one least disturbed by other work on the machine); the load average is printed
+before and after, since a busy machine slows everything and multi-threaded small products most.
 
 The model is the default Par04 VAE with random weights (speed does not depend on the values), saved as
 a checkpoint and exported through ``showers.exporting.export_onnx``, so the ONNX file measured is what
@@ -24,6 +25,7 @@ a checkpoint and exported through ``showers.exporting.export_onnx``, so the ONNX
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -87,7 +89,7 @@ def measure(batch: int, gen: GeneratorModule, onnx_gen: OnnxGenerator, session: 
     out = np.empty((batch, MESH.n_voxels), dtype=np.float32)
     out_t = torch.from_numpy(out)
     in_name = runner.signature.input_name
-    calls = max(1, 2000 // batch)
+    calls = max(1, 200 // batch)
 
     def torch_forward() -> object:
         with torch.no_grad():
@@ -142,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"Par04 mesh {MESH.describe()} = {MESH.n_voxels} voxels; decoder "
               f"{gen.input_width}->...->{gen.n_voxels}: {flops / 1e6:.2f} MFLOP/shower; {args.threads} threads")
+        print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (others' work skews timings)")
         print(f"reference fp32 GEMM torch.mm (10000x100)@(100x40500): {gemm / 1e9:.1f} GFLOP/s")
         header = (f"{'batch':>6} | {'torch fwd':>9} {'torch opt':>9} {'ORT run':>9} {'ORT bind':>9} | "
                   f"{'gen torch':>9} {'gen ONNX':>9} | {'best GF/s':>9} {'of GEMM':>7}")
@@ -159,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{batch:>6} | {ms['torch fwd']:>9.4f} {ms['torch opt']:>9.4f} {ms['ORT run']:>9.4f} "
                   f"{ms['ORT bind']:>9.4f} | {ms['gen torch']:>9.4f} {ms['gen ONNX']:>9.4f} | "
                   f"{rate / 1e9:>9.1f} {rate / gemm:>6.0%}")
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
         if 10000 in results:
             ok_ms = results[10000] <= TARGET_MS
             ok_frac = fractions[10000] >= TARGET_GEMM_FRACTION

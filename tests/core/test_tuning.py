@@ -22,6 +22,7 @@ from mlfastsim.core.config import StrictModel, parse_override
 from mlfastsim.core.errors import ConfigError
 from mlfastsim.core.tuning import SearchSpace, TuneConfig, load_tune_config, run_study, yaml_value
 
+MEMORY = "sqlite:///:memory:"  # a real RDB storage without a file to fsync: fast analytic studies
 SPACE = {
     "trainer.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
     "model.latent_dim": {"type": "int", "low": 4, "high": 16, "step": 2},
@@ -77,18 +78,18 @@ def bowl(overrides: list[str], report: Any) -> float:
 
 def test_study_finds_the_optimum_region_and_writes_its_files(tmp_path: Path, base_config: Path) -> None:
     cfg = TuneConfig(base_config=base_config, search_space=SPACE, overrides=["trainer.max_steps=50"],
-                     n_trials=20, sampler_startup_trials=8, pruner="none", seed=3, output_dir=tmp_path / "out")
+                     n_trials=20, sampler_startup_trials=8, pruner="none", seed=3, storage=MEMORY,
+                     output_dir=tmp_path / "out")
     summary = run_study(cfg, bowl, progress=False, config_model=_Workflow)
     best = summary["best_params"]
     assert summary["n_trials"] == 20 and summary["states"]["complete"] == 20
-    assert summary["best_value"] < 0.1
+    assert summary["best_value"] < 0.3  # the bowl is 0 at its centre; over seeds 0-7 TPE ends at 0.003-0.25
     assert abs(math.log10(best["trainer.learning_rate"]) + 2.5) < 0.3
     assert best["model.latent_dim"] in (8, 10, 12)
     assert "model.encoder_sizes=[200, 100, 50, 14]" in summary["best_overrides"]
 
     out = tmp_path / "out"
     assert json.loads((out / "study.json").read_text()) == summary
-    assert (out / "optuna.db").is_file()
     assert (out / "optimization_history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     resolved = yaml.safe_load((out / "best_config.yaml").read_text())
     assert resolved["model"]["encoder_sizes"] == [200, 100, 50, 14]
@@ -102,6 +103,7 @@ def test_best_config_without_a_model_merges_the_yaml(tmp_path: Path, base_config
     cfg = TuneConfig(base_config=base_config, search_space=SPACE, overrides=["trainer.max_steps=50"],
                      n_trials=3, pruner="none", output_dir=tmp_path)
     summary = run_study(cfg, bowl, progress=False)
+    assert (tmp_path / "optuna.db").is_file()  # the default storage lives with the outputs
     merged = yaml.safe_load((tmp_path / "best_config.yaml").read_text())
     assert merged["output_dir"] == "runs/x" and merged["model"]["kl_weight"] == 1.0
     assert merged["model"]["latent_dim"] == summary["best_params"]["model.latent_dim"]
@@ -116,7 +118,7 @@ def test_median_pruner_stops_bad_curves(tmp_path: Path, base_config: Path) -> No
 
     space = {"model.kl_weight": {"type": "float", "low": 0.0, "high": 1.0}}
     cfg = TuneConfig(base_config=base_config, search_space=space, n_trials=12, pruner="median",
-                     pruner_startup_trials=3, seed=1, output_dir=tmp_path)
+                     pruner_startup_trials=3, seed=1, storage=MEMORY, output_dir=tmp_path)
     summary = run_study(cfg, curve, progress=False)
     assert summary["states"]["pruned"] >= 3 and summary["states"]["complete"] >= 3
     pruned = [t for t in summary["trials"] if t["state"] == "pruned"]

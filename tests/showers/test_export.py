@@ -204,7 +204,10 @@ def test_generator_module_native_order_equals_decode(study: Path) -> None:
         ref = loaded.model.decode(xt[:, :3], xt[:, 3:])
         gen.generate_into(xt, out)
         assert torch.equal(gen(xt), ref)
+        one = torch.empty(1, MESH.n_voxels)
+        gen.generate_into(xt[:1], one)  # a single shower takes the GEMV path
     assert torch.allclose(out, ref, atol=1e-6)
+    assert torch.allclose(one, ref[:1], atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------- finding a model

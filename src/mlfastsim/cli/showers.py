@@ -339,14 +339,21 @@ def tune(
     study_name: Annotated[str | None, typer.Option("--study-name")] = None,
 ) -> None:
     """Hyperparameter search with Optuna over any config key; several processes can share one study."""
-    from mlfastsim.core.tuning import TuneConfig, run_study
+    from mlfastsim.core.tuning import load_tune_config, run_study
+    from mlfastsim.showers.config import TrainConfig
     from mlfastsim.showers.training import tune_objective
 
-    cfg = load_config(TuneConfig, config, cli={"n_trials": n_trials, "storage": storage, "study_name": study_name},
-                      overrides=set_ or [])
-    summary = run_study(cfg, tune_objective(cfg))
-    console.print(f"[green]best[/] {cfg.metric} = {summary['best_value']:.4g} with {summary['best_params']}")
-    console.print(f"best config: {cfg.output_dir / 'best_config.yaml'}")
+    overrides = list(set_ or [])
+    for key, value in (("n_trials", n_trials), ("storage", storage), ("study_name", study_name)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = load_tune_config(config, overrides=overrides)
+    summary = run_study(cfg, tune_objective(cfg), config_model=TrainConfig)
+    if summary.get("best_value") is None:
+        console.print("[yellow]no trial completed[/] (all pruned or failed); see study.json")
+    else:
+        console.print(f"[green]best[/] {cfg.metric} = {summary['best_value']:.4g} with {summary['best_params']}")
+        console.print(f"best config: {cfg.output_dir / 'best_config.yaml'}")
 
 
 @app.command()

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import expit
 from torch import nn
 
 from mlfastsim import __version__
@@ -52,6 +53,8 @@ VOXEL_ORDERS: dict[str, str] = {
     "native": "z,phi,r (r fastest; CaloChallenge, mlfastsim native)",
 }
 PARITY_SEED = 0
+# Below this many output values, GeneratorModule.generate_into finishes on the calling thread (see there).
+_SERIAL_ELEMENTS = 1 << 18
 
 
 # ----------------------------------------------------------------------------------- voxel orders
@@ -105,8 +108,24 @@ class GeneratorModule(nn.Module):
 
         Same operations as :meth:`forward` (the addmm that ``nn.Linear`` runs, then the sigmoid), done
         in place: a fresh 160 kB-per-shower output costs as much in page faults as the product itself.
+
+        Small outputs (a few showers; Geant4 asks for one at a time) take another route: the product via
+        GEMV for one row, then bias and sigmoid in one numpy/scipy pass on the calling thread.  torch's
+        OpenMP-parallel elementwise ops (and MKL's GEMM with one row) wait for a descheduled worker
+        thread whenever the machine is busy, which turned 0.5 ms showers into 10 ms ones.
         """
-        torch.addmm(self.output.bias, self.hidden(x), self.output.weight.t(), out=out)
+        h = self.hidden(x)
+        weight, bias = self.output.weight, self.output.bias
+        if out.device.type == "cpu" and out.numel() <= _SERIAL_ELEMENTS:
+            if h.shape[0] == 1:
+                torch.mv(weight, h[0], out=out[0])
+            else:
+                torch.mm(h, weight.t(), out=out)
+            values = out.numpy()
+            np.add(values, bias.detach().numpy(), out=values)
+            expit(values, out=values)
+            return out
+        torch.addmm(bias, h, weight.t(), out=out)
         return torch.sigmoid_(out)
 
 

@@ -86,7 +86,13 @@ def train_from_config(
     if cfg.transfer_from is not None:
         from mlfastsim.core.checkpoint import load_checkpoint, load_matching_weights
 
-        load_matching_weights(model, load_checkpoint(cfg.transfer_from)["modules"]["model"])
+        source = load_checkpoint(cfg.transfer_from)
+        if "model" not in source.get("modules", {}):
+            from mlfastsim.core.errors import InputFileError
+
+            raise InputFileError("not a mlfastsim model checkpoint (no modules.model)", file=cfg.transfer_from,
+                                 field="transfer_from", fix="pass a checkpoint written by showers train/adapt")
+        load_matching_weights(model, source["modules"]["model"])
     optimizer = make_optimizer(model.parameters(), cfg.trainer)
     trainer_probe = max(1, (x_tr.shape[0]) // max(1, min(cfg.trainer.batch_size, x_tr.shape[0])))
     total = cfg.trainer.max_epochs * trainer_probe if cfg.trainer.max_epochs else (cfg.trainer.max_steps or 1)
@@ -127,7 +133,7 @@ def tune_objective(tune_cfg: object) -> Callable[[list[str], Callable[[int, floa
     from mlfastsim.core.config import load_config
 
     def objective(overrides: list[str], report: Callable[[int, float], None]) -> float:
-        cfg = load_config(TrainConfig, tune_cfg.base_config, overrides=[*tune_cfg.overrides, *overrides])
+        cfg = load_config(TrainConfig, tune_cfg.base_config, overrides=overrides)
         trial_dir = Path(tune_cfg.output_dir) / "trials" / uuid.uuid4().hex[:12]
         cfg = cfg.model_copy(update={"output_dir": trial_dir})
         cfg.tracking.dir = trial_dir / "tracking"
@@ -140,6 +146,13 @@ def tune_objective(tune_cfg: object) -> Callable[[list[str], Callable[[int, floa
                 report(step, metrics[metric])
 
         result = train_from_config(cfg, progress=False, eval_callback=on_eval)
-        return result.best_val_loss if metric == "loss" else last[metric]
+        if metric == "loss":
+            return result.best_val_loss
+        if metric not in last:
+            from mlfastsim.core.errors import ConfigError
+
+            raise ConfigError(f"metric {metric!r} was never reported by the validation", field="metric",
+                              fix=f"use one of {', '.join(sorted(last)) or 'loss'}")
+        return last[metric]
 
     return objective
