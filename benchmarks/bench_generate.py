@@ -19,7 +19,7 @@ The model is the default Par04 VAE with random weights (speed does not depend on
 a checkpoint and exported through ``showers.exporting.export_onnx``, so the ONNX file measured is what
 ``showers export`` writes.
 
-    python benchmarks/bench_generate.py [--threads 2] [--batches 1,100,10000] [--repeats 5]
+    python benchmarks/bench_generate.py [--threads 2] [--batches 1,100,10000] [--repeats 7]
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def measure(batch: int, gen: GeneratorModule, onnx_gen: OnnxGenerator, session: 
     out = np.empty((batch, MESH.n_voxels), dtype=np.float32)
     out_t = torch.from_numpy(out)
     in_name = runner.signature.input_name
-    calls = max(1, 200 // batch)
+    calls = max(1, 400 // batch)
 
     def torch_forward() -> object:
         with torch.no_grad():
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", default="1,100,10000")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     torch.set_num_threads(args.threads)

@@ -24,10 +24,11 @@ from mlfastsim.showers.meta import (
     GeometryTask,
     MetaTask,
     adapt,
-    main_separation_powers,
+    mean_main_separation_power,
     meta_train,
     reptile_update,
     sample_like,
+    separation_powers,
 )
 from mlfastsim.showers.models import load_model
 from mlfastsim.showers.models.vae import vae_loss
@@ -189,14 +190,16 @@ def test_adaptation_improves_every_main_observable(
     reference = _read(geometry_files["PbWO4_ref"])
     before = load_model(meta_checkpoint)
     after = load_model(result.last_checkpoint, expect_mesh=SMALL)
-    sp_before = main_separation_powers(
+    sp_before = separation_powers(
         reference, sample_like(before.model, reference, geometry_index=0, conditioning=before.conditioning, seed=1))
-    sp_after = main_separation_powers(
+    sp_after = separation_powers(
         reference, sample_like(after.model, reference, geometry_index=0, conditioning=after.conditioning, seed=1))
-    # 2000 vs 2000 showers: separation-power noise is ~0.01; demand a clear gain on every observable
+    # 2000 vs 2000 showers: per-shower separation powers carry noise of ~0.01 and mean profiles far less, while
+    # the un-adapted model (SiW at slot 0) is off by 0.2-1 on the per-shower observables; at least halving
+    # every one is a gain no fluctuation fakes
     for name in MAIN_OBSERVABLES:
-        assert sp_after[name] < sp_before[name] - 0.02, (name, sp_before[name], sp_after[name])
-    assert np.mean(list(sp_after.values())) < 0.6 * np.mean(list(sp_before.values()))
+        assert sp_after[name] < 0.5 * sp_before[name], (name, sp_before, sp_after)
+    assert mean_main_separation_power(sp_after) < 0.4 * mean_main_separation_power(sp_before)
 
 
 def _read(path: Path) -> ShowerData:

@@ -90,6 +90,8 @@ class GeneratorModule(nn.Module):
 
     def __init__(self, hidden: nn.Module, output: nn.Linear, *, latent_dim: int, n_conditions: int) -> None:
         super().__init__()
+        if output.bias is None:
+            raise ValueError("the generator's output layer needs a bias (Par04 decoders have one)")
         self.hidden = hidden
         self.output = output
         self.latent_dim = latent_dim
