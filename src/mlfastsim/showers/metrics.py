@@ -182,11 +182,17 @@ def compare_histograms(
 
 # ------------------------------------------------------------------------------------- FPD and KPD
 def standardise(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Scale both feature sets with the reference mean and standard deviation (constant columns: std 1)."""
+    """Scale both feature sets with the reference mean and standard deviation.
+
+    A column that is (nearly) constant in the reference (e.g. the width of a layer no reference shower
+    reaches) would otherwise be divided by ~0 and make FPD/KPD astronomically large from one feature: its
+    scale is floored at 1e-2 of the pooled (reference + candidate) spread, and at 1 when both are constant.
+    """
     ref = np.asarray(reference, dtype=np.float64)
     cand = np.asarray(candidate, dtype=np.float64)
     mean = ref.mean(axis=0)
-    std = ref.std(axis=0)
+    pooled = np.concatenate([ref, cand]).std(axis=0)
+    std = np.maximum(ref.std(axis=0), 1e-2 * pooled)
     std = np.where(std > 0, std, 1.0)
     return (ref - mean) / std, (cand - mean) / std
 
