@@ -154,15 +154,21 @@ def guess_mesh(n_voxels: int, *, source: str | Path | None = None) -> Cylindrica
     )
 
 
+def _write_calochallenge_datasets(f: h5py.File, data: ShowerData, compression: str | None) -> dict[str, Any]:
+    """The two datasets every shower file has; returns the dataset options for any extra datasets."""
+    kw: dict[str, Any] = {"compression": compression} if compression else {}
+    f.create_dataset("incident_energies", data=data.energies.reshape(-1, 1), **kw)
+    chunks = (min(len(data), 256) or 1, data.showers.shape[1])
+    f.create_dataset("showers", data=data.showers, chunks=chunks, **kw)
+    return kw
+
+
 def write_native(data: ShowerData, path: str | Path, *, compression: str | None = "gzip") -> Path:
     """Write ``data`` atomically in the native format."""
     data.validate(source=path)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            kw = {"compression": compression} if compression else {}
-            f.create_dataset("incident_energies", data=data.energies.reshape(-1, 1), **kw)
-            chunks = (min(len(data), 256) or 1, data.showers.shape[1])
-            f.create_dataset("showers", data=data.showers, chunks=chunks, **kw)
+            kw = _write_calochallenge_datasets(f, data, compression)
             if data.angles is not None:
                 f.create_dataset("incident_angles", data=data.angles.reshape(-1, 1), **kw)
             f.attrs["mlfastsim_format_version"] = NATIVE_FORMAT_VERSION
@@ -350,10 +356,7 @@ def write_calochallenge(data: ShowerData, path: str | Path, *, compression: str 
     data.validate(source=path)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            kw = {"compression": compression} if compression else {}
-            f.create_dataset("incident_energies", data=data.energies.reshape(-1, 1), **kw)
-            chunks = (min(len(data), 256) or 1, data.showers.shape[1])
-            f.create_dataset("showers", data=data.showers, chunks=chunks, **kw)
+            _write_calochallenge_datasets(f, data, compression)
     return Path(path)
 
 
