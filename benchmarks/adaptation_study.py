@@ -33,6 +33,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
+from mlfastsim.core.io import atomic_write_json
 from mlfastsim.core.trainer import SupervisedTask, Trainer, TrainerConfig, make_optimizer, split_train_val
 from mlfastsim.showers.classifier import ClassifierConfig
 from mlfastsim.showers.config import AdaptConfig, DataConfig, SimulateConfig, TrainConfig, VAEConfig
@@ -113,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scratch-steps", type=int, default=6000)
     parser.add_argument("--ref-per-point", type=int, default=300)
     parser.add_argument("--checkpoint", type=Path, default=None, help="pre-trained model (default: the shipped one)")
-    parser.add_argument("--work-dir", type=Path, default=None, help="keep data and runs here (default: temporary)")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="keep data, runs and per-stage results here; a rerun skips finished stages")
     parser.add_argument("--no-classifier", action="store_true")
     args = parser.parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")
@@ -133,35 +136,65 @@ def main(argv: list[str] | None = None) -> int:
         reference = ShowerData(raw.energies, zs, raw.mesh, raw.angles, {"source": str(reference_file)})
         n_few, n_many = len(read_native(few)), len(read_native(many))
         classifier = not args.no_classifier
-        rows: list[tuple[str, int, int, float | None, Path]] = [("unadapted (shipped)", 0, 0, None, checkpoint)]
+        cache = work / "results"
+        cache.mkdir(exist_ok=True)
 
-        t0 = time.perf_counter()
-        adapted = adapt(AdaptConfig(
-            data=DataConfig(files=[few]), checkpoint=checkpoint, adaptation_steps=args.steps,
-            checkpoint_step=max(args.steps // 8, 1), plot_freq=0, learning_rate=LR, batch_size=BATCH,
-            output_dir=work / "runs", study_name="study", tracking={"dir": str(work / "tracking")},
-        ), progress=False)
-        adapt_total = time.perf_counter() - t0
-        assert adapted.last_checkpoint is not None
-        rows.append(("adapted", n_few, args.steps, adapted.train.seconds, adapted.last_checkpoint))
-        for label, file, n, steps in (("scratch few", few, n_few, args.steps),
-                                      ("scratch 10x", many, n_many, args.scratch_steps)):
+        def cached(label: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+            """Each stage's result is kept in the work dir, so a rerun after an interruption skips it."""
+            path = cache / (label.replace(" ", "_").replace("+", "") + ".json")
+            if path.is_file():
+                return json.loads(path.read_text())
+            out = run()
+            atomic_write_json(path, out)
+            return out
+
+        def run_adapt() -> dict[str, Any]:
+            t0 = time.perf_counter()
+            res = adapt(AdaptConfig(
+                data=DataConfig(files=[few]), checkpoint=checkpoint, adaptation_steps=args.steps,
+                checkpoint_step=max(args.steps // 8, 1), plot_freq=0, learning_rate=LR, batch_size=BATCH,
+                output_dir=work / "runs", study_name="study", tracking={"dir": str(work / "tracking")},
+            ), progress=False)
+            total = time.perf_counter() - t0
+            assert res.last_checkpoint is not None
+            return {"n": n_few, "steps": args.steps, "train_s": res.train.seconds, "total_s": total,
+                    "checkpoint": str(res.last_checkpoint)}
+
+        def run_scratch(file: Path, n: int, steps: int, out: Path) -> dict[str, Any]:
             cfg = TrainConfig(
                 data=DataConfig(files=[file]), model=model_cfg,
                 trainer=TrainerConfig(max_steps=steps, batch_size=BATCH, learning_rate=LR,
                                       eval_every=max(steps // 10, 1), checkpoint_every=steps),
-                output_dir=work / label.replace(" ", "_"), tracking={"dir": str(work / "tracking")},
+                output_dir=out, tracking={"dir": str(work / "tracking")},
             )
             result = train_from_scratch(cfg, progress=False)
             assert result.last_checkpoint is not None
-            rows.append((label, n, steps, result.seconds, result.last_checkpoint))
-            ckpt, seconds = _scratch_with_init(file, model_cfg, steps, work / (label.replace(" ", "_") + "_init"), 0)
-            rows.append((label + " +init", n, steps, seconds, ckpt))
+            return {"n": n, "steps": steps, "train_s": result.seconds, "checkpoint": str(result.last_checkpoint)}
+
+        def run_scratch_init(file: Path, n: int, steps: int, out: Path) -> dict[str, Any]:
+            ckpt, seconds = _scratch_with_init(file, model_cfg, steps, out, 0)
+            return {"n": n, "steps": steps, "train_s": seconds, "checkpoint": str(ckpt)}
+
+        runs: dict[str, dict[str, Any]] = {
+            "unadapted (shipped)": {"n": 0, "steps": 0, "train_s": None, "checkpoint": str(checkpoint)},
+            "adapted": cached("adapted", run_adapt),
+        }
+        for label, file, n, steps in (("scratch few", few, n_few, args.steps),
+                                      ("scratch 10x", many, n_many, args.scratch_steps)):
+            out = work / label.replace(" ", "_")
+            runs[label] = cached(label, lambda f=file, n=n, s=steps, o=out: run_scratch(f, n, s, o))
+            out_init = out.with_name(out.name + "_init")
+            runs[label + " +init"] = cached(
+                label + " +init", lambda f=file, n=n, s=steps, o=out_init: run_scratch_init(f, n, s, o))
+        adapt_total = runs["adapted"]["total_s"]
 
         results = []
-        for label, n, steps, seconds, ckpt in rows:
-            ev = _evaluate(ckpt, reference, work / "validation" / label.replace(" ", "_"), args.threads, classifier)
-            results.append({"model": label, "n_showers": n, "steps": steps, "train_s": seconds, **ev})
+        for label, run in runs.items():
+            ev = cached(f"eval {label}", lambda r=run, lab=label: _evaluate(
+                Path(r["checkpoint"]), reference, work / "validation" / lab.replace(" ", "_"), args.threads,
+                classifier))
+            results.append({"model": label, "n_showers": run["n"], "steps": run["steps"], "train_s": run["train_s"],
+                            **ev})
             print(f"evaluated {label}: mean SP {ev['mean_sp']:.3f}", file=sys.stderr, flush=True)
 
     head = f"{'model':<22}{'showers':>8}{'steps':>7}{'train s':>9}{'mean SP':>9}"
