@@ -267,7 +267,12 @@ def adapt(
         overrides=set_ or [],
     )
     result = run_adapt(cfg)
-    console.print(f"[green]done[/] {result}")
+    before = "n/a" if result.unadapted_val_loss is None else f"{result.unadapted_val_loss:.4g}"
+    console.print(
+        f"[green]adapted[/] run {result.run_dir} in {result.seconds:.1f} s: validation loss {before} before, "
+        f"best {result.best_val_loss:.4g} at step {result.best_step}; {len(result.checkpoints)} checkpoints kept "
+        f"(export one with --adaptation-step N); summary {result.summary_path}"
+    )
 
 
 @app.command()

@@ -33,14 +33,18 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], *, with_rng: bool =
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint safely (weights_only) with a clear error for missing or corrupt files."""
     p = require_file(path, what="checkpoint")
+    fix = "pass a checkpoint written by mlfastsim, or re-create it"
     try:
-        return torch.load(p, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
-        raise InputFileError(
-            f"checkpoint cannot be read ({str(exc).splitlines()[0][:120]})",
-            file=p,
-            fix="pass a checkpoint written by mlfastsim, or re-create it",
-        ) from exc
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,
+            pickle.UnpicklingError) as exc:
+        # A file that is not a torch archive at all fails inside the legacy unpickler with odd errors
+        # (KeyError on the first byte, for one): they all mean the same thing to a user.
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise InputFileError(f"checkpoint cannot be read ({detail or type(exc).__name__})", file=p, fix=fix) from exc
+    if not isinstance(state, dict):
+        raise InputFileError(f"checkpoint holds a {type(state).__name__}, not a dict of states", file=p, fix=fix)
+    return state
 
 
 def checkpoint_path(directory: str | Path, step: int) -> Path:
