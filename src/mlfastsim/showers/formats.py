@@ -48,7 +48,14 @@ import numpy as np
 
 from mlfastsim.core.errors import ConfigError, DataError, InputFileError
 from mlfastsim.core.io import atomic_path, open_h5
-from mlfastsim.showers.geometry import MESH_PRESETS, CylindricalMesh, read_binning_xml
+from mlfastsim.showers.geometry import (
+    MESH_PRESETS,
+    CartesianGrid,
+    CylindricalMesh,
+    Mesh,
+    mesh_from_dict,
+    read_binning_xml,
+)
 
 NATIVE_FORMAT_VERSION = 1
 
@@ -63,7 +70,7 @@ class ShowerData:
 
     energies: np.ndarray
     showers: np.ndarray
-    mesh: CylindricalMesh
+    mesh: Mesh
     angles: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -78,7 +85,7 @@ class ShowerData:
 
     @property
     def grid(self) -> np.ndarray:
-        """Showers as (N, n_z, n_phi, n_r), a view."""
+        """Showers as (N, n_z, n_phi, n_r) (cylindrical) or (N, n_z, n_y, n_x) (Cartesian), a view."""
         return self.mesh.to_grid(self.showers)
 
     def subset(self, index: np.ndarray | slice) -> ShowerData:
@@ -192,7 +199,7 @@ def _read_dataset(f: h5py.File, key: str, path: Path) -> np.ndarray:
         ) from exc
 
 
-def read_native(path: str | Path, *, mesh: CylindricalMesh | None = None) -> ShowerData:
+def read_native(path: str | Path, *, mesh: Mesh | None = None) -> ShowerData:
     """Read a native (or plain CaloChallenge) shower file and validate it.
 
     ``mesh`` overrides the geometry stored in the file (e.g. from ``--binning``); without either, the
@@ -213,7 +220,7 @@ def read_native(path: str | Path, *, mesh: CylindricalMesh | None = None) -> Sho
     if mesh is None:
         if geometry is not None:
             try:
-                mesh = CylindricalMesh.from_dict(json.loads(geometry), source=str(p))
+                mesh = mesh_from_dict(json.loads(geometry), source=str(p))
             except json.JSONDecodeError as exc:
                 raise InputFileError(
                     "geometry attribute is not valid JSON", file=p, field="geometry", fix="re-create the file"
@@ -263,8 +270,13 @@ def expand_inputs(inputs: Sequence[str | Path], *, what: str = "input") -> list[
     return paths
 
 
-def same_mesh(a: CylindricalMesh, b: CylindricalMesh) -> bool:
+def same_mesh(a: Mesh, b: Mesh) -> bool:
     """Whether two meshes bin space identically (names may differ: 'ds3' and 'par04' are one mesh)."""
+    if isinstance(a, CartesianGrid) or isinstance(b, CartesianGrid):
+        if not (isinstance(a, CartesianGrid) and isinstance(b, CartesianGrid)):
+            return False
+        return (a.shape == b.shape and (a.axis_x, a.axis_y) == (b.axis_x, b.axis_y)
+                and np.allclose([a.cell_x, a.cell_y, a.cell_z], [b.cell_x, b.cell_y, b.cell_z], rtol=1e-9, atol=0))
     return (
         a.shape == b.shape
         and np.isclose(a.size_z, b.size_z, rtol=1e-9, atol=0.0)
@@ -316,7 +328,7 @@ def sort_by_angle_energy(data: ShowerData, *, default_angle: float = 90.0) -> Sh
 
 
 # ------------------------------------------------------------------------------------- native (many)
-def read_native_files(inputs: Sequence[str | Path], *, mesh: CylindricalMesh | None = None) -> ShowerData:
+def read_native_files(inputs: Sequence[str | Path], *, mesh: Mesh | None = None) -> ShowerData:
     """Read and concatenate native shower files (directories expand to their .h5 files)."""
     paths = expand_inputs(inputs, what="shower")
     return concat_showers([read_native(p, mesh=mesh) for p in paths], paths)

@@ -23,18 +23,40 @@ import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import yaml
 
-from mlfastsim.core.errors import DataError, GeometryError
+from mlfastsim.core.errors import ConfigError, DataError, GeometryError
 
 # Rossi's scale energy E_s = m_e c^2 sqrt(4 pi / alpha), MeV: R_M = E_s X0 / E_c.
 ES_MEV = 21.2052
 
 
 # --------------------------------------------------------------------------------------------- mesh
+@dataclass(frozen=True)
+class LayerCells:
+    """The cells of one layer, flat in voxel order: what observables and plots need of any geometry.
+
+    ``x``, ``y`` are centres in mm in the plane transverse to the shower axis (axis at 0), ``r`` their
+    distance from it; ``r_bin`` / ``phi_bin`` assign each cell to a lateral-profile ring and an azimuthal
+    sector (the mesh's own bins for a cylindrical mesh, rings one cell wide and 8 sectors for a grid).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    r: np.ndarray
+    r_bin: np.ndarray
+    phi_bin: np.ndarray
+    r_centres: np.ndarray
+    n_phi_bins: int
+
+    @property
+    def n_r_bins(self) -> int:
+        return int(self.r_centres.size)
+
+
 @dataclass(frozen=True)
 class CylindricalMesh:
     """A cylindrical scoring mesh aligned with the particle axis.
@@ -50,6 +72,7 @@ class CylindricalMesh:
     size_z: float
     r_edges_mm: tuple[float, ...] | None = None
     name: str = "custom"
+    kind: ClassVar[str] = "cylindrical"
 
     def __post_init__(self) -> None:
         for key in ("n_r", "n_phi", "n_z"):
@@ -118,6 +141,19 @@ class CylindricalMesh:
     def length(self) -> float:
         """Length of the mesh along the particle axis in mm."""
         return float(self.n_z * self.size_z)
+
+    # ---- the per-layer cell layout observables and plots share with CartesianGrid
+    def layer_cells(self) -> LayerCells:
+        """Positions and radial/azimuthal bins of the cells of one layer, in the flat (phi, r) order."""
+        r = np.broadcast_to(self.r_centres[None, :], (self.n_phi, self.n_r))
+        alpha = np.broadcast_to(self.phi_centres[:, None], (self.n_phi, self.n_r))
+        r_bin = np.broadcast_to(np.arange(self.n_r)[None, :], (self.n_phi, self.n_r))
+        phi_bin = np.broadcast_to(np.arange(self.n_phi)[:, None], (self.n_phi, self.n_r))
+        return LayerCells(
+            x=(r * np.cos(alpha)).reshape(-1), y=(r * np.sin(alpha)).reshape(-1), r=r.reshape(-1).copy(),
+            r_bin=r_bin.reshape(-1).copy(), phi_bin=phi_bin.reshape(-1).copy(), r_centres=self.r_centres,
+            n_phi_bins=self.n_phi,
+        )
 
     def cell_volumes(self) -> np.ndarray:
         """Cell volumes in mm^3, shape (n_z, n_phi, n_r)."""
@@ -201,6 +237,194 @@ MESH_PRESETS: dict[str, CylindricalMesh] = {
 }
 
 
+
+@dataclass(frozen=True)
+class CartesianGrid:
+    """A Cartesian scoring grid of a highly granular calorimeter: ``n_z`` layers of ``n_y`` x ``n_x`` cells.
+
+    Used by the hadron-shower workflow (48 layers of 30 mm x 30 mm cells, cropped to 25 x 25 around the
+    shower axis for training).  z runs along the beam (one index per sampling layer), the particle enters
+    the front face at the centre of cell (``axis_x``, ``axis_y``).  Flat voxel order is (z, y, x) with x
+    fastest, the same "last axis fastest" rule as the cylindrical mesh; :meth:`to_grid` / :meth:`to_flat`
+    are the only places that reshape.
+    """
+
+    n_x: int
+    n_y: int
+    n_z: int
+    cell_x: float  # mm
+    cell_y: float  # mm
+    cell_z: float  # mm, layer pitch
+    axis_x: int | None = None  # cell the particle enters; default n // 2
+    axis_y: int | None = None
+    name: str = "custom"
+    kind: ClassVar[str] = "cartesian"
+
+    def __post_init__(self) -> None:
+        for key in ("n_x", "n_y", "n_z"):
+            if int(getattr(self, key)) < 1:
+                raise GeometryError(f"{key} must be >= 1", field=key, fix="give a positive number of cells")
+        for key in ("cell_x", "cell_y", "cell_z"):
+            if not float(getattr(self, key)) > 0:
+                raise GeometryError(f"{key} must be > 0 mm", field=key, fix="give the cell size in mm")
+        object.__setattr__(self, "axis_x", self.n_x // 2 if self.axis_x is None else int(self.axis_x))
+        object.__setattr__(self, "axis_y", self.n_y // 2 if self.axis_y is None else int(self.axis_y))
+        for key, n in (("axis_x", self.n_x), ("axis_y", self.n_y)):
+            if not 0 <= int(getattr(self, key)) < n:
+                raise GeometryError(f"{key} = {getattr(self, key)} lies outside the grid (0..{n - 1})", field=key,
+                                    fix="put the shower axis inside the grid")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(n_z, n_y, n_x): the in-memory grid of one shower."""
+        return (self.n_z, self.n_y, self.n_x)
+
+    @property
+    def n_voxels(self) -> int:
+        return self.n_x * self.n_y * self.n_z
+
+    @property
+    def x_centres(self) -> np.ndarray:
+        """Cell centres in mm, relative to the shower axis."""
+        return (np.arange(self.n_x) - self.axis_x) * self.cell_x
+
+    @property
+    def y_centres(self) -> np.ndarray:
+        return (np.arange(self.n_y) - self.axis_y) * self.cell_y
+
+    @property
+    def z_centres(self) -> np.ndarray:
+        return (np.arange(self.n_z) + 0.5) * self.cell_z
+
+    def radial_distances(self) -> np.ndarray:
+        """(n_y, n_x) distance of each cell centre from the shower axis, mm."""
+        return np.hypot(self.y_centres[:, None], self.x_centres[None, :])
+
+    @property
+    def ring_width(self) -> float:
+        """Width of the lateral-profile rings: one cell."""
+        return float(min(self.cell_x, self.cell_y))
+
+    @property
+    def r_centres(self) -> np.ndarray:
+        """Centres of the lateral-profile rings (one cell wide, out to the farthest cell centre), mm."""
+        n = int(np.floor(self.radial_distances().max() / self.ring_width)) + 1
+        return (np.arange(n) + 0.5) * self.ring_width
+
+    @property
+    def radius(self) -> float:
+        """Largest distance of a cell centre from the axis (plot range), mm."""
+        return float(self.radial_distances().max() + 0.5 * self.ring_width)
+
+    @property
+    def length(self) -> float:
+        return float(self.n_z * self.cell_z)
+
+    def layer_cells(self) -> LayerCells:
+        """Positions, rings and azimuthal sectors of the cells of one layer, flat in (y, x) order."""
+        x = np.broadcast_to(self.x_centres[None, :], (self.n_y, self.n_x)).reshape(-1)
+        y = np.broadcast_to(self.y_centres[:, None], (self.n_y, self.n_x)).reshape(-1)
+        r = np.hypot(x, y)
+        sectors = 8
+        phi = np.mod(np.arctan2(y, x), 2.0 * math.pi)
+        return LayerCells(
+            x=x.copy(), y=y.copy(), r=r, r_bin=np.floor(r / self.ring_width).astype(np.int64),
+            phi_bin=np.minimum((phi / (2.0 * math.pi) * sectors).astype(np.int64), sectors - 1),
+            r_centres=self.r_centres, n_phi_bins=sectors,
+        )
+
+    def to_grid(self, flat: np.ndarray) -> np.ndarray:
+        """(N, n_voxels) -> (N, n_z, n_y, n_x) view."""
+        flat = np.asarray(flat)
+        if flat.shape[-1] != self.n_voxels:
+            raise DataError(
+                f"expected {self.n_voxels} voxels for {self.describe()}, got {flat.shape[-1]}",
+                field="showers", fix="pass showers scored on this grid",
+            )
+        return flat.reshape(*flat.shape[:-1], *self.shape)
+
+    def to_flat(self, grid: np.ndarray) -> np.ndarray:
+        grid = np.asarray(grid)
+        if tuple(grid.shape[-3:]) != self.shape:
+            raise DataError(
+                f"expected grids of shape {self.shape} for {self.describe()}, got {tuple(grid.shape[-3:])}",
+                field="showers", fix="pass showers scored on this grid",
+            )
+        return grid.reshape(*grid.shape[:-3], self.n_voxels)
+
+    def crop_window(self, n_x: int, n_y: int) -> tuple[slice, slice]:
+        """(y slice, x slice) of an ``n_y`` x ``n_x`` window centred on the shower axis."""
+        for key, want, have in (("crop x", n_x, self.n_x), ("crop y", n_y, self.n_y)):
+            if not 1 <= want <= have:
+                raise ConfigError(
+                    f"{key} = {want} cells does not fit the grid {self.describe()}",
+                    field="data.crop", fix=f"use a crop of at most {have} cells",
+                )
+        x0, y0 = self.axis_x - n_x // 2, self.axis_y - n_y // 2
+        if x0 < 0 or y0 < 0 or x0 + n_x > self.n_x or y0 + n_y > self.n_y:
+            raise ConfigError(
+                f"a {n_y}x{n_x} window centred on the axis cell ({self.axis_y}, {self.axis_x}) "
+                f"leaves {self.describe()}",
+                field="data.crop", fix="use a smaller crop",
+            )
+        return slice(y0, y0 + n_y), slice(x0, x0 + n_x)
+
+    def cropped(self, n_x: int, n_y: int) -> CartesianGrid:
+        """The grid of a crop made by :meth:`crop_window` (axis cell recomputed, name suffixed)."""
+        ys, xs = self.crop_window(n_x, n_y)
+        return CartesianGrid(n_x=n_x, n_y=n_y, n_z=self.n_z, cell_x=self.cell_x, cell_y=self.cell_y,
+                             cell_z=self.cell_z, axis_x=self.axis_x - xs.start, axis_y=self.axis_y - ys.start,
+                             name=f"{self.name}_crop{n_y}x{n_x}")
+
+    def crop(self, flat: np.ndarray, n_x: int, n_y: int) -> np.ndarray:
+        """Crop flat showers (N, n_voxels) to the window; returns flat showers on :meth:`cropped`."""
+        ys, xs = self.crop_window(n_x, n_y)
+        return np.ascontiguousarray(self.to_grid(flat)[..., ys, xs]).reshape(len(flat), -1)
+
+    def describe(self) -> str:
+        return (f"'{self.name}' ({self.n_z} layers x {self.n_y} x {self.n_x} cells of "
+                f"{self.cell_x:g} x {self.cell_y:g} mm)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "name": self.name, "n_x": self.n_x, "n_y": self.n_y, "n_z": self.n_z,
+            "cell_x_mm": self.cell_x, "cell_y_mm": self.cell_y, "cell_z_mm": self.cell_z,
+            "axis_x": self.axis_x, "axis_y": self.axis_y, "voxel_order": "z,y,x (x fastest)",
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str | None = None) -> CartesianGrid:
+        try:
+            return cls(n_x=int(d["n_x"]), n_y=int(d["n_y"]), n_z=int(d["n_z"]), cell_x=float(d["cell_x_mm"]),
+                       cell_y=float(d["cell_y_mm"]), cell_z=float(d["cell_z_mm"]), axis_x=d.get("axis_x"),
+                       axis_y=d.get("axis_y"), name=str(d.get("name", "custom")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GeometryError(
+                f"incomplete grid description ({exc})", file=source, field="geometry",
+                fix="give n_x, n_y, n_z, cell_x_mm, cell_y_mm and cell_z_mm",
+            ) from exc
+
+
+Mesh = CylindricalMesh | CartesianGrid
+
+GRID_PRESETS: dict[str, CartesianGrid] = {
+    # A highly granular steel/scintillator hadron calorimeter as in the "Hadrons, better, faster,
+    # stronger" study: 48 layers, 30 mm x 30 mm cells; layer pitch 20 mm steel + 3 mm scintillator +
+    # readout and air, 26.5 mm in total (1.3 m of calorimeter, ~6 lambda_I of steel).
+    "hcal48": CartesianGrid(n_x=48, n_y=48, n_z=48, cell_x=30.0, cell_y=30.0, cell_z=26.5, name="hcal48"),
+}
+
+
+def mesh_from_dict(d: dict[str, Any], *, source: str | None = None) -> Mesh:
+    """A cylindrical mesh or Cartesian grid from its ``to_dict`` form (``kind`` tells which)."""
+    kind = d.get("kind", "cylindrical") if isinstance(d, dict) else None
+    if kind == "cartesian":
+        return CartesianGrid.from_dict(d, source=source)
+    if kind == "cylindrical":
+        return CylindricalMesh.from_dict(d, source=source)
+    raise GeometryError(f"unknown geometry kind {kind!r}", file=source, field="geometry.kind",
+                        fix="use 'cylindrical' or 'cartesian'")
+
 def read_binning_xml(path: str | Path, *, particle: str | None = None, size_z: float = 3.4) -> CylindricalMesh:
     """Read a CaloChallenge binning XML (``<Bins><Bin pid name><Layer id r_edges n_bin_alpha/>``).
 
@@ -268,20 +492,25 @@ def read_binning_xml(path: str | Path, *, particle: str | None = None, size_z: f
     )
 
 
-def load_mesh(spec: str | Path) -> CylindricalMesh:
-    """A mesh from a preset name, a CaloChallenge binning XML or a YAML file with the mesh fields."""
+def load_mesh(spec: str | Path) -> Mesh:
+    """A mesh from a preset name (cylindrical or Cartesian), a CaloChallenge binning XML or a YAML file.
+
+    A YAML file holds the ``to_dict`` fields; ``kind: cartesian`` makes it a :class:`CartesianGrid`.
+    """
     key = str(spec)
     if key.lower() in MESH_PRESETS:
         return MESH_PRESETS[key.lower()]
+    if key.lower() in GRID_PRESETS:
+        return GRID_PRESETS[key.lower()]
     p = Path(key)
     if p.suffix.lower() == ".xml":
         return read_binning_xml(p)
     if p.suffix.lower() in (".yaml", ".yml"):
-        return CylindricalMesh.from_dict(_read_yaml(p), source=str(p))
+        return mesh_from_dict(_read_yaml(p), source=str(p))
     raise GeometryError(
         f"unknown mesh {key!r}",
         field="mesh",
-        fix=f"use one of {', '.join(sorted(MESH_PRESETS))}, a binning .xml or a mesh .yaml",
+        fix=f"use one of {', '.join(sorted(MESH_PRESETS) + sorted(GRID_PRESETS))}, a binning .xml or a mesh .yaml",
     )
 
 

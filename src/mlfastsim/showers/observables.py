@@ -31,7 +31,7 @@ import numpy as np
 
 from mlfastsim.core.errors import DataError
 from mlfastsim.showers.formats import ShowerData
-from mlfastsim.showers.geometry import CylindricalMesh
+from mlfastsim.showers.geometry import LayerCells, Mesh
 
 # CaloChallenge's readout threshold for datasets 2 and 3: 0.5 keV visible energy in Si, divided by the
 # sampling fraction 0.033 to put it on the incident-particle scale our files use.  Used as the lower edge
@@ -116,17 +116,19 @@ def raise_if_empty(data: ShowerData, *, where: str) -> None:
         )
 
 
-def _cell_weights(mesh: CylindricalMesh) -> np.ndarray:
-    """(n_phi * n_r, 7) weights so that layer @ W gives per-layer [E, Ex, Ey, Ex², Ey², Er, Er²].
+def _cell_weights(cells: LayerCells) -> np.ndarray:
+    """(cells per layer, 7 + n_r_bins + n_phi_bins) weights: layer @ W gives per-layer
+    [E, Ex, Ey, Ex², Ey², Er, Er², E per ring..., E per sector...] in one matrix product.
 
-    The flat cell index inside a layer is phi * n_r + r (r fastest), as in the voxel order.
+    The flat cell index inside a layer follows the voxel order of the geometry (phi * n_r + r for the
+    cylindrical mesh, y * n_x + x for a Cartesian grid); :meth:`layer_cells` gives it for both.
     """
-    r = mesh.r_centres
-    alpha = mesh.phi_centres
-    rr = np.broadcast_to(r[None, :], (mesh.n_phi, mesh.n_r)).reshape(-1)
-    x = (np.cos(alpha)[:, None] * r[None, :]).reshape(-1)
-    y = (np.sin(alpha)[:, None] * r[None, :]).reshape(-1)
-    return np.stack([np.ones_like(x), x, y, x * x, y * y, rr, rr * rr], axis=1)
+    x, y, rr = cells.x, cells.y, cells.r
+    ring = np.zeros((x.size, cells.n_r_bins))
+    ring[np.arange(x.size), cells.r_bin] = 1.0
+    sector = np.zeros((x.size, cells.n_phi_bins))
+    sector[np.arange(x.size), cells.phi_bin] = 1.0
+    return np.concatenate([np.stack([np.ones_like(x), x, y, x * x, y * y, rr, rr * rr], axis=1), ring, sector], axis=1)
 
 
 def _centre_and_width(
@@ -180,32 +182,32 @@ def compute_observables(
             fix="remove events with zero incident energy",
         )
     mesh = data.mesh
-    grid = data.grid  # (N, n_z, n_phi, n_r) float32 view
     n = len(data)
-    n_z, n_phi, n_r = mesh.shape
-    n_cells_layer = n_phi * n_r
-    weights = _cell_weights(mesh)
+    n_z = mesh.shape[0]
+    n_cells_layer = mesh.n_voxels // n_z
+    cells = mesh.layer_cells()
+    weights = _cell_weights(cells)
+    layers = data.showers.reshape(n, n_z, n_cells_layer)  # float32 view, layer-major as on disk
 
-    per_layer_sums = np.empty((n, n_z, weights.shape[1]), dtype=np.float64)
+    per_layer_sums = np.empty((n, n_z, 7), dtype=np.float64)
     hits_per_layer = np.empty((n, n_z), dtype=np.int64)
-    e_r = np.empty((n, n_r), dtype=np.float64)
-    e_phi = np.empty((n, n_phi), dtype=np.float64)
+    e_r = np.empty((n, cells.n_r_bins), dtype=np.float64)
+    e_phi = np.empty((n, cells.n_phi_bins), dtype=np.float64)
     for lo in range(0, n, chunk_size):
-        block32 = grid[lo : lo + chunk_size]
+        block32 = layers[lo : lo + chunk_size]
         block = block32.astype(np.float64)
         c = block.shape[0]
-        per_layer_sums[lo : lo + c] = (block.reshape(c * n_z, n_cells_layer) @ weights).reshape(c, n_z, -1)
-        e_r[lo : lo + c] = block.sum(axis=(1, 2))
-        e_phi[lo : lo + c] = block.sum(axis=(1, 3))
-        hits_per_layer[lo : lo + c] = np.count_nonzero(
-            block32.reshape(c, n_z, n_cells_layer) > threshold_mev, axis=2
-        )
+        sums = (block.reshape(c * n_z, n_cells_layer) @ weights).reshape(c, n_z, -1)
+        per_layer_sums[lo : lo + c] = sums[..., :7]
+        e_r[lo : lo + c] = sums[..., 7 : 7 + cells.n_r_bins].sum(axis=1)  # rings and sectors: summed over layers
+        e_phi[lo : lo + c] = sums[..., 7 + cells.n_r_bins :].sum(axis=1)
+        hits_per_layer[lo : lo + c] = np.count_nonzero(block32 > threshold_mev, axis=2)
 
     e_layer = per_layer_sums[..., 0]
     e_total = e_layer.sum(axis=1)
     e_inc = data.energies.astype(np.float64)
     z_first, z_second = _moments(e_layer, mesh.z_centres, e_total)
-    r_first, r_second = _moments(e_r, mesh.r_centres, e_total)
+    r_first, r_second = _moments(e_r, cells.r_centres, e_total)
     ec_eta, width_eta = _centre_and_width(e_layer, per_layer_sums[..., 1], per_layer_sums[..., 3])
     ec_phi, width_phi = _centre_and_width(e_layer, per_layer_sums[..., 2], per_layer_sums[..., 4])
     ec_r, width_r = _centre_and_width(e_layer, per_layer_sums[..., 5], per_layer_sums[..., 6])
@@ -293,7 +295,7 @@ def cell_energy_histogram(data: ShowerData, edges: np.ndarray, *, chunk_size: in
 
 
 # ------------------------------------------------------------------------------- high-level features
-def high_level_feature_names(mesh: CylindricalMesh) -> list[str]:
+def high_level_feature_names(mesh: Mesh) -> list[str]:
     """Names of the columns of :func:`high_level_features`, e.g. ``log10_energy_layer_07``."""
     names = ["log10_e_inc", "log10_e_total", "e_ratio"]
     for key in PER_LAYER:

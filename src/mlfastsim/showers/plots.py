@@ -18,7 +18,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from mlfastsim.core.io import atomic_path
-from mlfastsim.showers.geometry import CylindricalMesh
+from mlfastsim.showers.geometry import Mesh
 from mlfastsim.showers.observables import OBSERVABLE_INFO, PER_LAYER, layer_name, mean_profile
 
 REF_COLOUR = "0.45"
@@ -136,7 +136,7 @@ def _two_row_axes(fig: Figure, n_cols: int, n_rows: int = 1) -> list[tuple[Any, 
 def profiles_figure(
     obs_ref: Mapping[str, np.ndarray],
     obs_cand: Mapping[str, np.ndarray],
-    mesh: CylindricalMesh,
+    mesh: Mesh,
     labels: Sequence[str],
 ) -> Figure:
     """Mean longitudinal (per layer) and lateral (per radial bin) profiles with ratio panels."""
@@ -295,14 +295,16 @@ def separation_per_layer_figure(observables: Mapping[str, Mapping[str, Any]], n_
 def shower_3d_figure(
     shower_ref: np.ndarray,
     shower_cand: np.ndarray,
-    mesh: CylindricalMesh,
+    mesh: Mesh,
     labels: Sequence[str],
     titles: Sequence[str],
 ) -> Figure:
-    """One shower per sample in 3D: voxel centres (cylindrical -> Cartesian) sized and coloured by energy."""
+    """One shower per sample in 3D: voxel centres (in x, y, z) sized and coloured by energy."""
     fig = Figure(figsize=(12, 5.2), layout="constrained")
-    z, phi, r = np.meshgrid(mesh.z_centres, mesh.phi_centres, mesh.r_centres, indexing="ij")
-    xs, ys, zs = (r * np.cos(phi)).ravel(), (r * np.sin(phi)).ravel(), z.ravel()
+    cells = mesh.layer_cells()
+    n_z, n_cells = mesh.shape[0], cells.x.size
+    xs, ys = np.tile(cells.x, n_z), np.tile(cells.y, n_z)
+    zs = np.repeat(mesh.z_centres, n_cells)
     both = np.concatenate([shower_ref.ravel(), shower_cand.ravel()])
     positive = both[both > 0]
     vmax = float(positive.max()) if positive.size else 1.0

@@ -25,7 +25,7 @@ from mlfastsim.core.progress import progress_bar
 from mlfastsim.core.tracking import Tracker
 from mlfastsim.showers import plots
 from mlfastsim.showers.classifier import ClassifierConfig, low_level_inputs, train_classifier
-from mlfastsim.showers.formats import ShowerData
+from mlfastsim.showers.formats import ShowerData, same_mesh
 from mlfastsim.showers.metrics import (
     compare_histograms,
     compare_profiles,
@@ -65,7 +65,8 @@ def check_same_mesh(reference: ShowerData, candidate: ShowerData, labels: tuple[
     reference mesh for positions (a file written without a geometry block gets a preset's sizes).
     """
     ref_mesh, cand_mesh = reference.mesh, candidate.mesh
-    if ref_mesh.shape != cand_mesh.shape or reference.showers.shape[1] != candidate.showers.shape[1]:
+    if (ref_mesh.kind != cand_mesh.kind or ref_mesh.shape != cand_mesh.shape
+            or reference.showers.shape[1] != candidate.showers.shape[1]):
         raise DataError(
             "reference and candidate are on different meshes ("
             + _describe(reference, labels[0])
@@ -76,9 +77,7 @@ def check_same_mesh(reference: ShowerData, candidate: ShowerData, labels: tuple[
             field="geometry",
             fix="generate the candidate on the reference mesh, or pass the common binning with --binning",
         )
-    if not (
-        np.allclose(ref_mesh.r_edges, cand_mesh.r_edges) and np.isclose(ref_mesh.size_z, cand_mesh.size_z)
-    ):
+    if not same_mesh(ref_mesh, cand_mesh):
         logger.warning(
             "meshes have the same shape but different cell sizes (%s vs %s); using the reference mesh",
             ref_mesh.to_dict(),
