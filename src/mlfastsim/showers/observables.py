@@ -61,6 +61,8 @@ SCALARS = (
     "second_moment_z",
     "first_moment_r",
     "second_moment_r",
+    "cog_x",
+    "cog_y",
 )
 
 
@@ -82,6 +84,8 @@ OBSERVABLE_INFO: dict[str, ObservableInfo] = {
     "second_moment_z": ObservableInfo("second moment in z (depth variance)", "mm²"),
     "first_moment_r": ObservableInfo("first moment in r (mean radius)", "mm"),
     "second_moment_r": ObservableInfo("second moment in r (radial variance)", "mm²"),
+    "cog_x": ObservableInfo("centre of gravity in x", "mm"),
+    "cog_y": ObservableInfo("centre of gravity in y", "mm"),
     "energy_per_layer": ObservableInfo("energy in layer", "MeV", log=True),
     "ec_eta": ObservableInfo("centre of energy in η (x)", "mm"),
     "ec_phi": ObservableInfo("centre of energy in φ (y)", "mm"),
@@ -220,6 +224,8 @@ def compute_observables(
         "second_moment_z": z_second,
         "first_moment_r": r_first,
         "second_moment_r": r_second,
+        "cog_x": per_layer_sums[..., 1].sum(axis=1) / e_total,
+        "cog_y": per_layer_sums[..., 2].sum(axis=1) / e_total,
         "energy_per_layer": e_layer,
         "energy_per_r_bin": e_r,
         "energy_per_phi_bin": e_phi,
@@ -240,6 +246,48 @@ def mean_profile(per_shower: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean = arr.mean(axis=0)
     err = arr.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros_like(mean)
     return mean, err
+
+
+def energy_response(
+    e_inc: np.ndarray, e_total: np.ndarray, edges: np.ndarray | None = None, *, max_bins: int = 6,
+    min_per_bin: int = 20,
+) -> dict[str, list[float]]:
+    """Mean response E_tot/E_inc and relative resolution sigma(E_tot)/<E_tot> in bins of incident energy.
+
+    Without ``edges`` the bins follow the sample: a single point per distinct energy when the sample was
+    simulated at a few fixed energies, otherwise log-spaced bins holding at least ``min_per_bin``
+    showers.  Pass the reference's edges to bin a candidate the same way.  The resolution's statistical
+    error is sigma / sqrt(2 (n - 1)) (Gaussian approximation).
+    """
+    e_inc = np.asarray(e_inc, dtype=np.float64)
+    e_total = np.asarray(e_total, dtype=np.float64)
+    if edges is None:
+        distinct = np.unique(np.round(e_inc, 3))
+        if distinct.size <= max_bins:
+            mids = np.sqrt(distinct[1:] * distinct[:-1]) if distinct.size > 1 else np.array([])
+            edges = np.concatenate([[distinct[0] * 0.999], mids, [distinct[-1] * 1.001]])
+        else:
+            n_bins = int(max(1, min(max_bins, e_inc.size // max(min_per_bin, 1))))
+            edges = np.quantile(np.log(e_inc), np.linspace(0, 1, n_bins + 1))
+            edges = np.exp(edges)
+            edges[0] *= 0.999
+            edges[-1] *= 1.001
+    idx = np.clip(np.searchsorted(edges, e_inc, side="right") - 1, 0, len(edges) - 2)
+    out: dict[str, list[float]] = {"edges_mev": [float(x) for x in edges], "e_inc_mev": [], "response": [],
+                                   "resolution": [], "resolution_error": [], "n": []}
+    for b in range(len(edges) - 1):
+        sel = idx == b
+        n = int(sel.sum())
+        if n < 2:
+            continue
+        mean = float(e_total[sel].mean())
+        sigma = float(e_total[sel].std(ddof=1))
+        out["e_inc_mev"].append(float(np.exp(np.log(e_inc[sel]).mean())))
+        out["response"].append(float((e_total[sel] / e_inc[sel]).mean()))
+        out["resolution"].append(sigma / mean if mean > 0 else float("nan"))
+        out["resolution_error"].append(sigma / mean / np.sqrt(2.0 * (n - 1)) if mean > 0 else float("nan"))
+        out["n"].append(n)
+    return out
 
 
 # ------------------------------------------------------------------------------------- cell spectrum

@@ -186,6 +186,46 @@ def moments_figure(
     return fig
 
 
+def response_figure(response_ref: Mapping[str, Any], response_cand: Mapping[str, Any], labels: Sequence[str]
+                    ) -> Figure:
+    """Mean response E_tot/E_inc and relative resolution vs incident energy, with a/sqrt(E) (+) b fits."""
+    fig = Figure(figsize=(11, 4.6), layout="constrained")
+    ax_m, ax_r = fig.subplots(1, 2)
+    for resp, label, colour, marker in ((response_ref, labels[0], REF_COLOUR, "o"),
+                                        (response_cand, labels[1], CAND_COLOUR, "s")):
+        e = np.asarray(resp["e_inc_mev"]) / 1000.0
+        if e.size == 0:
+            continue
+        ax_m.plot(e, resp["response"], marker=marker, color=colour, label=label)
+        ax_r.errorbar(e, resp["resolution"], yerr=resp["resolution_error"], marker=marker, color=colour,
+                      label=label, capsize=2, linestyle="none")
+        fit = resolution_fit(e, np.asarray(resp["resolution"]), np.asarray(resp["resolution_error"]))
+        if fit is not None:
+            grid = np.geomspace(e.min(), e.max(), 50)
+            ax_r.plot(grid, np.hypot(fit[0] / np.sqrt(grid), fit[1]), color=colour, linewidth=0.8,
+                      label=f"{label}: {100 * fit[0]:.0f}%/√E ⊕ {100 * fit[1]:.1f}%")
+    for ax, ylabel in ((ax_m, "mean E_tot / E_inc"), (ax_r, "σ(E_tot) / <E_tot>")):
+        ax.set_xscale("log")
+        ax.set_xlabel("incident energy [GeV]")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    return fig
+
+
+def resolution_fit(e_gev: np.ndarray, resolution: np.ndarray, error: np.ndarray) -> tuple[float, float] | None:
+    """Weighted least squares of (sigma/E)^2 = a^2/E + b^2 (linear in a^2, b^2); None if under-determined."""
+    ok = np.isfinite(resolution) & np.isfinite(error) & (error > 0)
+    if ok.sum() < 2 or np.unique(e_gev[ok]).size < 2:
+        return None
+    y = resolution[ok] ** 2
+    w = 1.0 / (2.0 * resolution[ok] * error[ok]) ** 2
+    design = np.stack([1.0 / e_gev[ok], np.ones(ok.sum())], axis=1)
+    coef, *_ = np.linalg.lstsq(design * np.sqrt(w)[:, None], y * np.sqrt(w), rcond=None)
+    a2, b2 = max(float(coef[0]), 0.0), max(float(coef[1]), 0.0)
+    return float(np.sqrt(a2)), float(np.sqrt(b2))
+
+
 def scalar_figure(
     key: str,
     obs_ref: Mapping[str, np.ndarray],

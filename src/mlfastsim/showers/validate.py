@@ -42,6 +42,7 @@ from mlfastsim.showers.observables import (
     cell_energy_histogram,
     compute_observables,
     empty_showers,
+    energy_response,
     high_level_features,
     layer_name,
     layer_prefix,
@@ -233,6 +234,14 @@ def run_validation(
             metrics["conditions"] = {"e_inc": compare_samples(obs_ref["e_inc"], obs_cand["e_inc"])}
             if reference.angles is not None and candidate.angles is not None:
                 metrics["conditions"]["angle"] = compare_samples(reference.angles, candidate.angles)
+            response_ref = energy_response(obs_ref["e_inc"], obs_ref["e_total"])
+            response_cand = energy_response(obs_cand["e_inc"], obs_cand["e_total"],
+                                            np.asarray(response_ref["edges_mev"]))
+            metrics["response"] = {"reference": response_ref, "candidate": response_cand}
+            for resp in (response_ref, response_cand):
+                fit = plots.resolution_fit(np.asarray(resp["e_inc_mev"]) / 1000.0, np.asarray(resp["resolution"]),
+                                           np.asarray(resp["resolution_error"]))
+                resp["fit_stochastic"], resp["fit_constant"] = (fit if fit is not None else (None, None))
             metrics["fpd"] = fpd(hlf_ref, hlf_cand, seed=seed)
             metrics["kpd"] = kpd(hlf_ref, hlf_cand, seed=seed)
 
@@ -270,6 +279,11 @@ def run_validation(
                 "e_ratio",
                 plots.scalar_figure("e_ratio", obs_ref, obs_cand, labels),
                 "Total deposited energy over incident energy.",
+            )
+            add(
+                "response",
+                plots.response_figure(response_ref, response_cand, labels),
+                "Mean response and energy resolution vs incident energy (fit: a/√E ⊕ b, E in GeV).",
             )
             add(
                 "n_hits",
