@@ -43,8 +43,8 @@ def test_unknown_model_type(cli, small_file: Path) -> None:
 
 def test_checkpoint_of_another_model_type(cli, trained: Path, tmp_path: Path) -> None:
     state = torch.load(trained, weights_only=True)
-    torch.save({**state, "model_type": "bibae"}, tmp_path / "other.pt")
-    assert_clean_error(_generate(cli, "--checkpoint", tmp_path / "other.pt"), "other.pt", "model_type", "bibae")
+    torch.save({**state, "model_type": "diffusion"}, tmp_path / "other.pt")
+    assert_clean_error(_generate(cli, "--checkpoint", tmp_path / "other.pt"), "other.pt", "model_type", "diffusion")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
     assert_clean_error(_generate(cli, "--checkpoint", tmp_path / "foreign.pt"), "foreign.pt", "model_type")
     assert not Path("gen.h5").exists()

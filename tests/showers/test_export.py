@@ -188,10 +188,16 @@ def test_bad_onnx_file_is_an_input_error(tmp_path: Path) -> None:
 
 def test_export_refuses_other_model_types(tmp_path: Path) -> None:
     ckpt = save_checkpoint(tmp_path / "w.pt", {"modules": {"model": {}}, **model_meta(VAE, MESH, COND),
-                                               "model_type": "wgan"})
+                                               "model_type": "diffusion"})
     with pytest.raises(InputFileError, match="model type"):
         export_onnx(ExportConfig(checkpoint=ckpt, onnx_file_name=tmp_path / "w.onnx"))
     assert not (tmp_path / "w.onnx").exists()
+    # a hadron model type without the hadron normalisation block is no hadron checkpoint either
+    fake = save_checkpoint(tmp_path / "g.pt", {"modules": {"model": {}}, **model_meta(VAE, MESH, COND),
+                                               "model_type": "wgan"})
+    with pytest.raises(InputFileError, match="not a mlfastsim hadron-model checkpoint"):
+        export_onnx(ExportConfig(checkpoint=fake, onnx_file_name=tmp_path / "g.onnx"))
+    assert not (tmp_path / "g.onnx").exists()
 
 
 def test_generator_module_native_order_equals_decode(study: Path) -> None:

@@ -132,7 +132,7 @@ def test_onnx_width_differing_from_sidecar_names_both_numbers(trained: tuple[Pat
 def test_other_model_type_and_truncated_checkpoint(trained: tuple[Path, Path], tmp_path: Path) -> None:
     ckpt, _ = trained
     meta = model_meta(VAEConfig(), MESH, ConditioningConfig())
-    other = save_checkpoint(tmp_path / "gan.pt", {**meta, "model_type": "wgan", "modules": {"model": {}}})
+    other = save_checkpoint(tmp_path / "gan.pt", {**meta, "model_type": "diffusion", "modules": {"model": {}}})
     with pytest.raises(InputFileError, match="model type"):
         generate_to_file(_cfg(tmp_path, "x.h5", checkpoint=other), progress=False)
     truncated = tmp_path / "cut.pt"

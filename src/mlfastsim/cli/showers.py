@@ -26,7 +26,9 @@ def simulate(
     set_: SetOpt = None,
     detector: Annotated[str | None, typer.Option(help="Detector preset (SiW, SciPb, PbWO4, FCCeeSiW) or YAML.")] = None,
     mesh: Annotated[str | None, typer.Option(help="Mesh preset (ds2, par04, ds3), binning XML or YAML.")] = None,
-    particle: Annotated[str | None, typer.Option(help="electron or photon.")] = None,
+    particle: Annotated[str | None, typer.Option(help="electron, photon, or pion (hadron showers).")] = None,
+    grid: Annotated[str | None, typer.Option(help="Pions: Cartesian grid preset (hcal48) or YAML.")] = None,
+    calorimeter: Annotated[str | None, typer.Option(help="Pions: hadron calorimeter (steel_scint).")] = None,
     energy_gev: Annotated[str | None, typer.Option("--energy-gev", help="Energies in GeV, e.g. 1,10,100.")] = None,
     energy_range_gev: Annotated[
         str | None, typer.Option("--energy-range-gev", help="Log-uniform energy range in GeV, e.g. 1:1000.")
@@ -43,7 +45,7 @@ def simulate(
     scheduler: Annotated[str | None, typer.Option(help="Address of an existing Dask scheduler.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output HDF5 file (native format).")] = None,
 ) -> None:
-    """Simulate electromagnetic showers with the reference (Grindhammer-Peters) simulator."""
+    """Simulate reference showers: electrons/photons (Grindhammer-Peters) or pions (two-component hadronic)."""
     from mlfastsim.showers.pipeline import simulate_to_file
 
     cfg = load_config(
@@ -53,6 +55,8 @@ def simulate(
             "detector": detector,
             "mesh": mesh,
             "particle": particle,
+            "grid": grid,
+            "calorimeter": calorimeter,
             "energies_gev": parse_floats(energy_gev, "--energy-gev"),
             "energy_range_gev": parse_range(energy_range_gev, "--energy-range-gev"),
             "angles_deg": parse_floats(angle_deg, "--angle-deg"),
@@ -176,37 +180,111 @@ def _device_cli(gpu_ids: str | None, max_mem: int | None, threads: int | None) -
             "device.num_threads": threads}
 
 
-@app.command()
-def train(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in output_dir.")]
-    = False,
-    model_type: Annotated[str | None, typer.Option("--model-type", help="Model from the registry (vae).")] = None,
-    data: Annotated[list[Path] | None, typer.Option("--data", help="Training file(s), one per geometry.")] = None,
-    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run directory.")] = None,
-    gpu_ids: GpuIdsOpt = None,
-    max_gpu_memory_allocation: GpuMemOpt = None,
-    threads: ThreadsOpt = None,
-) -> None:
-    """Train a conditional shower model on one or several geometries (torchrun-ready)."""
-    from mlfastsim.showers.config import TrainConfig
-    from mlfastsim.showers.models import get_model_spec
-    from mlfastsim.showers.training import train_from_config
+def _peek_model_type(config: Path | None, set_: list[str] | None, model_type: str | None) -> str | None:
+    """The model type a training run asks for (CLI > --set > YAML), to pick the EM or the hadron config.
 
+    Anything unreadable is left to ``load_config``, which reports it properly.
+    """
     if model_type is not None:
-        get_model_spec(model_type)
-    cfg = load_config(
-        TrainConfig, config,
-        cli={"model.type": model_type, "data.files": [str(p) for p in data] if data else None,
-             "output_dir": output_dir, **_device_cli(gpu_ids, max_gpu_memory_allocation, threads)},
-        overrides=set_ or [],
-    )
-    result = train_from_config(cfg, resume=resume)
+        return model_type
+    for item in reversed(set_ or []):
+        key, _, value = item.partition("=")
+        if key.strip() == "model.type":
+            return value.strip()
+    if config is not None and config.is_file():
+        import yaml
+
+        try:
+            doc = yaml.safe_load(config.read_text())
+        except (yaml.YAMLError, OSError, UnicodeDecodeError):
+            return None
+        model = doc.get("model") if isinstance(doc, dict) else None
+        if isinstance(model, dict) and isinstance(model.get("type"), str):
+            return model["type"]
+    return None
+
+
+def _train(config: Path | None, set_: list[str] | None, resume: bool, model_type: str | None,
+           data: list[Path] | None, output_dir: Path | None, device_cli: dict[str, object]) -> None:
+    from mlfastsim.showers.hadron_training import HADRON_MODELS, HadronTrainConfig, is_hadron_model, train_hadrons
+    from mlfastsim.showers.models import MODELS
+
+    wanted = _peek_model_type(config, set_, model_type)
+    if model_type is not None and model_type not in MODELS and not is_hadron_model(model_type):
+        raise ConfigError(f"unknown model type {model_type!r}", field="--model-type",
+                          fix=f"use one of {', '.join([*MODELS, *HADRON_MODELS])}")
+    cli = {"model.type": model_type, "data.files": [str(p) for p in data] if data else None,
+           "output_dir": output_dir, **device_cli}
+    if is_hadron_model(wanted):
+        cfg = load_config(HadronTrainConfig, config, cli=cli, overrides=set_ or [])
+        result = train_hadrons(cfg, resume=resume)
+    else:
+        from mlfastsim.showers.config import TrainConfig
+        from mlfastsim.showers.training import train_from_config
+
+        cfg = load_config(TrainConfig, config, cli=cli, overrides=set_ or [])
+        result = train_from_config(cfg, resume=resume)
     if dist_utils.is_main():
         console.print(f"[green]done[/] step {result.step}, best val loss {result.best_val_loss:.4g} at step "
                       f"{result.best_step} ({result.seconds:.1f} s); checkpoint {result.last_checkpoint}")
     dist_utils.cleanup()
+
+
+ModelTypeOpt = Annotated[
+    str | None, typer.Option("--model-type", help="vae (EM), or wgan, bibae, postprocess, regressor (hadrons).")
+]
+TrainDataOpt = Annotated[list[Path] | None, typer.Option("--data", help="Training file(s).")]
+OutDirOpt = Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run directory.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in output_dir.")]
+
+
+@app.command()
+def train(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    resume: ResumeOpt = False,
+    model_type: ModelTypeOpt = None,
+    data: TrainDataOpt = None,
+    output_dir: OutDirOpt = None,
+    gpu_ids: GpuIdsOpt = None,
+    max_gpu_memory_allocation: GpuMemOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Train a shower model: the EM VAE on one or several geometries, or a hadron model (torchrun-ready)."""
+    _train(config, set_, resume, model_type, data, output_dir,
+           _device_cli(gpu_ids, max_gpu_memory_allocation, threads))
+
+
+@app.command("train-regressor")
+def train_regressor(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    resume: ResumeOpt = False,
+    data: TrainDataOpt = None,
+    output_dir: OutDirOpt = None,
+    gpu_ids: GpuIdsOpt = None,
+    max_gpu_memory_allocation: GpuMemOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Train the energy regressor the WGAN's generator loss uses as its energy constrainer."""
+    _train(config, set_, resume, "regressor", data, output_dir,
+           _device_cli(gpu_ids, max_gpu_memory_allocation, threads))
+
+
+@app.command("train-postprocess")
+def train_postprocess(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    resume: ResumeOpt = False,
+    data: TrainDataOpt = None,
+    output_dir: OutDirOpt = None,
+    gpu_ids: GpuIdsOpt = None,
+    max_gpu_memory_allocation: GpuMemOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Train the BIB-AE post-processor (hit-energy spectrum) with the BIB-AE frozen."""
+    _train(config, set_, resume, "postprocess", data, output_dir,
+           _device_cli(gpu_ids, max_gpu_memory_allocation, threads))
 
 
 @app.command("meta-train")

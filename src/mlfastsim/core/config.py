@@ -67,36 +67,49 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def _check_path(model: type[BaseModel], parts: Sequence[str], item: str) -> None:
-    """Make sure a dotted key names a real field, so a typo fails instead of silently doing nothing."""
-    current: Any = model
+    """Make sure a dotted key names a real field, so a typo fails instead of silently doing nothing.
+
+    A field typed as a union of models (e.g. a ``model:`` section discriminated by ``type``) accepts a
+    key that any member has; the model's own validation then checks it against the chosen member.
+    """
+    candidates: list[Any] = [model]
     for i, part in enumerate(parts):
-        fields = getattr(current, "model_fields", None)
-        if fields is None:
-            if isinstance(current, dict) or current is dict:
+        models = [c for c in candidates if getattr(c, "model_fields", None) is not None]
+        if not models:
+            if any(isinstance(c, dict) or c is dict for c in candidates):
                 return
             raise ConfigError(
                 f"'{'.'.join(parts[:i])}' is not a section", field=f"--set {item}", fix="check the key"
             )
-        if part not in fields:
+        having = [m for m in models if part in m.model_fields]
+        if not having:
+            keys = sorted({k for m in models for k in m.model_fields})
             raise ConfigError(
                 f"unknown key {'.'.join(parts[: i + 1])!r}",
                 field=f"--set {item}",
-                fix=f"valid keys here: {', '.join(sorted(fields))}",
+                fix=f"valid keys here: {', '.join(keys)}",
             )
-        annotation = fields[part].annotation
-        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else (
-            _model_in(annotation)
-        )
-        if current is None and i < len(parts) - 1:
+        candidates = []
+        for m in having:
+            annotation = m.model_fields[part].annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                candidates.append(annotation)
+            else:
+                candidates.extend(_models_in(annotation))
+        if not candidates and i < len(parts) - 1:
             # A free-form mapping (dict) accepts any sub-key.
             return
 
 
-def _model_in(annotation: Any) -> Any:
+def _models_in(annotation: Any) -> list[Any]:
+    """The pydantic models inside a (possibly Annotated/Optional) union annotation."""
+    found: list[Any] = []
     for arg in getattr(annotation, "__args__", ()) or ():
         if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-    return None
+            found.append(arg)
+        else:
+            found.extend(_models_in(arg))
+    return found
 
 
 def _set_nested(d: dict[str, Any], parts: Sequence[str], value: Any) -> None:

@@ -13,9 +13,12 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel
 
 from mlfastsim.core.config import StrictModel
 from mlfastsim.core.errors import ConfigError
@@ -172,3 +175,29 @@ def make_tracker(backend: str, run_dir: str | Path, run_name: str | None = None)
             fix=f"use one of {', '.join(TRACKERS)}",
         ) from None
     return factory(run_dir, run_name=run_name)
+
+
+@contextmanager
+def training_run(cfg: BaseModel, output_dir: str | Path, tracking: TrackingConfig, default_name: str,
+                 ) -> Iterator[tuple[Path, Tracker | None]]:
+    """What every training command does around its loop, rank-0 aware.
+
+    On the main process: create ``output_dir``, open the tracker, log the config as parameters and
+    write it as ``config.yaml`` (so a run directory says how it was made); close the tracker at the end,
+    also on errors.  Other DDP ranks get ``(output_dir, None)`` and write nothing.
+    """
+    from mlfastsim.core import distributed as dist_utils
+    from mlfastsim.core.config import dump_config
+    from mlfastsim.core.io import atomic_write_text
+
+    if not dist_utils.is_main():
+        yield Path(output_dir), None
+        return
+    outdir = ensure_writable_dir(output_dir)
+    tracker = tracker_from_config(tracking, default_name=default_name)
+    try:
+        tracker.log_params(cfg.model_dump(mode="json"))
+        atomic_write_text(outdir / "config.yaml", dump_config(cfg))
+        yield outdir, tracker
+    finally:
+        tracker.close()

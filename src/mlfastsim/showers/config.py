@@ -19,7 +19,11 @@ class SimulateConfig(StrictModel):
 
     detector: str = "SiW"
     mesh: str = "ds2"
-    particle: Literal["electron", "photon"] = "electron"
+    particle: Literal["electron", "photon", "pion"] = "electron"
+    # hadron showers (particle: pion): a Cartesian grid preset or YAML and a hadron calorimeter preset;
+    # detector and mesh are the electromagnetic ones and are ignored for pions
+    grid: str = "hcal48"
+    calorimeter: str = "steel_scint"
     energies_gev: list[float] | None = None
     energy_range_gev: tuple[float, float] | None = None
     angles_deg: list[float] | None = None

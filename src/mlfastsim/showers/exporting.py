@@ -383,6 +383,12 @@ def export_onnx(cfg: ExportConfig, *, voxel_order: str = "par04", num_threads: i
         raise ConfigError("the ONNX file cannot end in .json (that name is its sidecar's)", field="onnx_file_name",
                           fix="name it e.g. model.onnx")
     checkpoint = resolve_checkpoint(cfg)
+    from mlfastsim.showers.hadron_generate import checkpoint_model_type, export_hadron_onnx
+    from mlfastsim.showers.hadron_training import is_hadron_model
+
+    if is_hadron_model(checkpoint_model_type(checkpoint)):
+        return export_hadron_onnx(checkpoint, target, opset=cfg.opset, tolerance=cfg.parity_tolerance,
+                                  parity_samples=min(cfg.parity_samples, 64), num_threads=num_threads)
     loaded = load_generator_model(checkpoint)
     generator = build_generator(loaded, voxel_order)
     inputs = random_generator_inputs(cfg.parity_samples, generator.latent_dim, loaded.conditioning)

@@ -297,6 +297,16 @@ def generate_to_file(cfg: GenerateConfig, progress: bool = True) -> ShowerData:
         energies_gev=cfg.energies_gev, energy_range_gev=cfg.energy_range_gev, angles_deg=cfg.angles_deg,
         angle_range_deg=cfg.angle_range_deg, n_per_point=cfg.n_per_point, seed=cfg.seed,
     )
+    from mlfastsim.showers.hadron_generate import (
+        checkpoint_model_type,
+        generate_hadrons_to_file,
+        sidecar_model_kind,
+    )
+    from mlfastsim.showers.hadron_training import is_hadron_model
+
+    if (cfg.checkpoint is not None and is_hadron_model(checkpoint_model_type(cfg.checkpoint))) or (
+            cfg.onnx is not None and sidecar_model_kind(cfg.onnx) == "hadron"):
+        return generate_hadrons_to_file(cfg, energies, progress=progress)
     ensure_writable_dir(Path(cfg.output).parent if str(Path(cfg.output).parent) else Path("."))
     source: GeneratorSource
     if cfg.checkpoint is not None:

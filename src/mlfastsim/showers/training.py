@@ -13,10 +13,8 @@ import numpy as np
 import torch
 
 from mlfastsim.core import distributed as dist_utils
-from mlfastsim.core.config import dump_config
 from mlfastsim.core.devices import select_device
-from mlfastsim.core.io import atomic_write_text, ensure_writable_dir
-from mlfastsim.core.tracking import Tracker, tracker_from_config
+from mlfastsim.core.tracking import Tracker, training_run
 from mlfastsim.core.trainer import (
     SupervisedTask,
     Trainer,
@@ -98,12 +96,7 @@ def train_from_config(
     total = cfg.trainer.max_epochs * trainer_probe if cfg.trainer.max_epochs else (cfg.trainer.max_steps or 1)
     task = SupervisedTask(model, get_model_spec(cfg.model.type).loss, optimizer,
                           make_scheduler(optimizer, cfg.trainer, total), grad_clip=cfg.trainer.grad_clip)
-    outdir = ensure_writable_dir(cfg.output_dir) if dist_utils.is_main() else Path(cfg.output_dir)
-    tracker = tracker_from_config(cfg.tracking, default_name="train") if dist_utils.is_main() else None
-    try:
-        if tracker is not None:
-            tracker.log_params(cfg.model_dump(mode="json"))
-            atomic_write_text(outdir / "config.yaml", dump_config(cfg))
+    with training_run(cfg, cfg.output_dir, cfg.tracking, "train") as (outdir, tracker):
         trainer = Trainer(
             task, cfg.trainer, outdir,
             train_data=(x_tr.to(device), c_tr.to(device)), val_data=(x_val.to(device), c_val.to(device)),
@@ -118,9 +111,6 @@ def train_from_config(
         if eval_callback is not None:
             trainer.add_eval_callback(eval_callback)
         return trainer.fit(resume=resume)
-    finally:
-        if tracker is not None:
-            tracker.close()
 
 
 def tune_objective(tune_cfg: object) -> Callable[[list[str], Callable[[int, float], None]], float]:

@@ -1,0 +1,433 @@
+"""Conditional 3D WGAN-GP for hadron showers, with an energy regressor ("constrainer").
+
+The networks follow Buhmann et al., "Hadrons, better, faster, stronger" (arXiv:2112.09709):
+
+* :class:`Generator`: (noise, incident energy) -> dense layer -> reshape to a coarse 3D grid ->
+  ConvTranspose3d upsampling stages -> ReLU output.  The coarse grid is ``ceil(grid / 2**n_up)`` so the
+  upsampled grid covers any requested shape; it is then *cropped* (plain slicing, which exports to ONNX as
+  a static Slice) to the exact (n_z, n_y, n_x) given at build time.  The ReLU keeps cell energies >= 0 and
+  lets the generator produce exact zeros, which sparse showers need.  The incident energy is also fed to
+  every stage as an extra constant channel, so the conditioning cannot be "forgotten" deep in the stack.
+* :class:`Critic`: 3D residual blocks, then the flattened features concatenated with the incident energy
+  (and the log of the shower's energy sum, which makes an energy-response mismatch easy to see) before
+  a dense head.  No batch norm: the gradient penalty is defined per sample, and batch norm couples the
+  samples of a batch (Gulrajani et al. 2017, "Improved training of Wasserstein GANs", arXiv:1704.00028,
+  recommend layer norm instead, which :class:`Critic` offers as ``GroupNorm(1, C)``).
+* :class:`EnergyRegressor`: a small 3D conv net predicting the incident energy from a shower.  It is
+  trained first (:class:`RegressorTask`), frozen, and added to the generator loss as
+  ``regressor_weight * MSE(regressor(fake), e)`` so generated showers carry the energy they were asked
+  for (the "constrainer" of arXiv:2112.09709 and of Erdmann et al. arXiv:1807.01954).
+* :func:`gradient_penalty`: ``lambda * (||grad_x critic(x_hat)|| - 1)**2`` on random interpolates between
+  real and generated showers (WGAN-GP, arXiv:1704.00028, Eq. 3).  The interpolation weights come from
+  ``torch.rand`` on the default generator, so the trainer's checkpointed RNG state covers them.
+
+:class:`WGANTask` performs ``n_critic`` critic updates per generator update (arXiv:1704.00028, Alg. 1):
+the trainer's batch is split into ``n_critic`` slices and each critic update uses one slice (with fresh
+noise), so one trainer step consumes exactly one batch and the batch order stays a pure function of
+(seed, step) for exact resume.  The generator update then uses the conditions of the whole batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from mlfastsim.core.config import StrictModel
+from mlfastsim.core.errors import ConfigError, DataError
+from mlfastsim.core.trainer import Batch, SupervisedTask
+
+GridShape = tuple[int, int, int]
+
+
+# ------------------------------------------------------------------------------------------- configs
+class RegressorConfig(StrictModel):
+    """The energy regressor ("constrainer"), trained first with ``showers train-regressor``."""
+
+    type: Literal["regressor"] = "regressor"
+    channels: list[int] = Field(default_factory=lambda: [8, 16, 32], min_length=1)
+    hidden: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    leaky_slope: float = Field(0.2, ge=0, lt=1)
+
+
+class WGANConfig(StrictModel):
+    """Conditional WGAN-GP; defaults follow arXiv:1704.00028 (lambda=10, n_critic=5, Adam betas (0.5, 0.9))."""
+
+    type: Literal["wgan"] = "wgan"
+    latent_dim: int = Field(64, ge=1)
+    generator_channels: list[int] = Field(default_factory=lambda: [64, 32, 16], min_length=1)
+    critic_channels: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=1)
+    critic_hidden: int = Field(128, ge=1)
+    critic_layer_norm: bool = True
+    leaky_slope: float = Field(0.2, ge=0, lt=1)
+    lambda_gp: float = Field(10.0, ge=0)
+    n_critic: int = Field(5, ge=1)
+    lr_generator: float = Field(1e-4, gt=0)
+    lr_critic: float = Field(1e-4, gt=0)
+    betas: tuple[float, float] = (0.5, 0.9)
+    # the constrainer: 0 disables it; > 0 needs a trained regressor (regressor_checkpoint)
+    regressor_weight: float = Field(1.0, ge=0)
+    regressor_checkpoint: Path | None = None
+    # architecture of that regressor, so a WGAN checkpoint can be rebuilt without the regressor's file
+    regressor: RegressorConfig = Field(default_factory=RegressorConfig)
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def check_grid_shape(grid_shape: Sequence[int]) -> GridShape:
+    """A 3-tuple of positive ints, or a one-line :class:`ConfigError`."""
+    shape = tuple(int(s) for s in grid_shape)
+    if len(shape) != 3 or any(s < 1 for s in shape):
+        raise ConfigError(f"grid shape {tuple(grid_shape)} is not three positive sizes (n_z, n_y, n_x)",
+                          field="grid", fix="give the cropped grid as [n_z, n_y, n_x]")
+    return shape  # type: ignore[return-value]
+
+
+def check_batch(batch: Batch | None, grid_shape: GridShape) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unpack ``(x, e)`` and refuse showers of another grid shape with a one-line :class:`DataError`."""
+    if batch is None or len(batch) < 2:
+        raise DataError("a hadron-shower batch must be (showers, incident energies)", field="data",
+                        fix="train on a hadron-shower data set")
+    x, e = batch[0], batch[1]
+    if tuple(x.shape[1:]) != tuple(grid_shape):
+        raise DataError(f"showers have grid shape {tuple(x.shape[1:])}, the model was built for {tuple(grid_shape)}",
+                        field="data", fix="crop the data to the model's grid (data.crop) or use a model of that grid")
+    return x, e.reshape(-1).to(x.dtype)
+
+
+def energy_channel(e: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``e`` (B,) broadcast to a constant channel (B, 1, *like.shape[2:]); ONNX-friendly (no dynamic expand)."""
+    return e.reshape(-1, 1, 1, 1, 1) * torch.ones_like(like[:, :1])
+
+
+def log_energy_sum(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + sum of cells) per sample and channel: (B, C, ...) -> (B, C); x >= 0 so it is differentiable."""
+    return torch.log1p(x.flatten(2).sum(dim=2).clamp_min(0.0))
+
+
+def seeded_build(seed: int, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Build modules with a seeded initialisation without touching the global RNG streams."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return fn(*args, **kwargs)
+
+
+def _conv_out(n: int, stride: int) -> int:
+    """Output size of a 3-wide, padding-1 convolution with ``stride``."""
+    return (n + 2 - 3) // stride + 1
+
+
+# ------------------------------------------------------------------------------------------- networks
+class Generator(nn.Module):
+    """(z, e) -> ReLU shower of exactly ``grid_shape``; also the BIB-AE decoder.
+
+    ``channels[0]`` is the width of the coarse grid after the dense layer; each further entry is one
+    ConvTranspose3d(kernel 4, stride 2, padding 1) stage that doubles every axis (the checkerboard-free
+    kernel/stride ratio of Odena et al. 2016), followed by a 3x3x3 convolution.
+    """
+
+    def __init__(self, grid_shape: Sequence[int], latent_dim: int, channels: Sequence[int],
+                 leaky_slope: float = 0.2) -> None:
+        super().__init__()
+        self.grid_shape = check_grid_shape(grid_shape)
+        self.latent_dim = int(latent_dim)
+        self.channels = [int(c) for c in channels]
+        factor = 2 ** (len(self.channels) - 1)
+        self.base = tuple(math.ceil(s / factor) for s in self.grid_shape)
+        self.fc = nn.Linear(self.latent_dim + 1, self.channels[0] * math.prod(self.base))
+        self.act = nn.LeakyReLU(leaky_slope)
+        self.up = nn.ModuleList()
+        self.refine = nn.ModuleList()
+        for c_in, c_out in itertools.pairwise(self.channels):
+            self.up.append(nn.ConvTranspose3d(c_in + 1, c_out, kernel_size=4, stride=2, padding=1))
+            self.refine.append(nn.Conv3d(c_out, c_out, kernel_size=3, padding=1))
+        self.out = nn.Conv3d(self.channels[-1] + 1, 1, kernel_size=3, padding=1)
+
+    def forward(self, z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        e = e.reshape(-1)
+        h = self.act(self.fc(torch.cat([z, e[:, None]], dim=1)))
+        h = h.reshape(-1, self.channels[0], *self.base)
+        for up, refine in zip(self.up, self.refine, strict=True):
+            h = self.act(up(torch.cat([h, energy_channel(e, h)], dim=1)))
+            h = self.act(refine(h))
+        h = self.out(torch.cat([h, energy_channel(e, h)], dim=1))
+        nz, ny, nx = self.grid_shape
+        return F.relu(h[:, 0, :nz, :ny, :nx])
+
+
+class ResBlock3d(nn.Module):
+    """conv-act-conv residual block; ``stride`` 2 halves the grid (1x1x1 strided conv on the skip path)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, layer_norm: bool, leaky_slope: float) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv3d(c_in, c_out, kernel_size=3, stride=stride, padding=1)
+        self.conv2 = nn.Conv3d(c_out, c_out, kernel_size=3, padding=1)
+        self.norm1: nn.Module = nn.GroupNorm(1, c_out) if layer_norm else nn.Identity()
+        self.norm2: nn.Module = nn.GroupNorm(1, c_out) if layer_norm else nn.Identity()
+        self.skip: nn.Module = (nn.Conv3d(c_in, c_out, kernel_size=1, stride=stride)
+                                if stride != 1 or c_in != c_out else nn.Identity())
+        self.act = nn.LeakyReLU(leaky_slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.norm1(self.conv1(x)))
+        h = self.norm2(self.conv2(h))
+        return self.act(h + self.skip(x))
+
+
+class Critic(nn.Module):
+    """WGAN critic: (x, e) -> (B,) unbounded score.  ``in_channels`` 2 is the BIB-AE's main critic.
+
+    x is (B, n_z, n_y, n_x) for one channel, or (B, C, n_z, n_y, n_x).  The first block keeps the
+    resolution, every further one halves it; the flattened features (exact size computed at build time,
+    so any grid works and the head keeps positional information) are concatenated with ``e`` and the log
+    energy sum of every input channel before the dense head.
+    """
+
+    def __init__(self, grid_shape: Sequence[int], channels: Sequence[int], hidden: int = 128, *,
+                 in_channels: int = 1, layer_norm: bool = True, leaky_slope: float = 0.2) -> None:
+        super().__init__()
+        self.grid_shape = check_grid_shape(grid_shape)
+        self.in_channels = int(in_channels)
+        chans = [int(c) for c in channels]
+        blocks = []
+        c_prev = self.in_channels
+        size = list(self.grid_shape)
+        for i, c in enumerate(chans):
+            stride = 1 if i == 0 else 2
+            blocks.append(ResBlock3d(c_prev, c, stride, layer_norm, leaky_slope))
+            size = [_conv_out(s, stride) for s in size]
+            c_prev = c
+        self.blocks = nn.Sequential(*blocks)
+        n_feat = c_prev * math.prod(size) + 1 + self.in_channels
+        self.head = nn.Sequential(nn.Linear(n_feat, hidden), nn.LeakyReLU(leaky_slope), nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            x = x[:, None]
+        h = self.blocks(x).flatten(1)
+        h = torch.cat([h, e.reshape(-1, 1).to(h.dtype), log_energy_sum(x)], dim=1)
+        return self.head(h)[:, 0]
+
+
+class EnergyRegressor(nn.Module):
+    """The constrainer: shower (B, n_z, n_y, n_x) -> incident energy / 100 GeV (B,).
+
+    Strided 3x3x3 convolutions then a dense head that also sees log(1 + energy sum), the single most
+    informative feature for the incident energy of a (non-compensating) calorimeter shower.
+    """
+
+    def __init__(self, grid_shape: Sequence[int], cfg: RegressorConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or RegressorConfig()
+        self.grid_shape = check_grid_shape(grid_shape)
+        layers: list[nn.Module] = []
+        c_prev, size = 1, list(self.grid_shape)
+        for i, c in enumerate(self.cfg.channels):
+            stride = 1 if i == 0 else 2
+            layers += [nn.Conv3d(c_prev, c, kernel_size=3, stride=stride, padding=1),
+                       nn.LeakyReLU(self.cfg.leaky_slope)]
+            size = [_conv_out(s, stride) for s in size]
+            c_prev = c
+        self.features = nn.Sequential(*layers)
+        n_feat = c_prev * math.prod(size) + 1
+        self.head = nn.Sequential(nn.Linear(n_feat, self.cfg.hidden), nn.LeakyReLU(self.cfg.leaky_slope),
+                                  nn.Linear(self.cfg.hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, None] if x.dim() == 4 else x
+        h = torch.cat([self.features(x).flatten(1), log_energy_sum(x)], dim=1)
+        return self.head(h)[:, 0]
+
+
+# ------------------------------------------------------------------------------------------- losses
+def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, e: torch.Tensor | None = None,
+                     lambda_gp: float = 10.0) -> torch.Tensor:
+    """WGAN-GP penalty ``lambda * E[(||grad critic(x_hat)||_2 - 1)^2]`` (arXiv:1704.00028, Eq. 3).
+
+    ``x_hat = a * real + (1 - a) * fake`` with one ``a ~ U(0, 1)`` per sample drawn by ``torch.rand`` on the
+    default generator (checkpointed by the trainer, so resume is exact).  ``critic`` is called as
+    ``critic(x_hat, e)``, or ``critic(x_hat)`` when ``e`` is None (the BIB-AE latent critic).  The graph is
+    kept (``create_graph``) so the penalty trains the critic.
+    """
+    alpha = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype)
+    x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    score = critic(x_hat) if e is None else critic(x_hat, e)
+    (grad,) = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
+    # eps inside the sqrt: the norm's derivative is finite even where the gradient vanishes
+    norm = torch.sqrt(grad.flatten(1).pow(2).sum(dim=1) + 1e-12)
+    return lambda_gp * (norm - 1).pow(2).mean()
+
+
+def _eval_generator(seed: int) -> torch.Generator:
+    """A private, freshly seeded generator for validation noise: every evaluation draws the same noise and
+    the training RNG streams are untouched (so evaluation frequency cannot change the trained weights)."""
+    return torch.Generator().manual_seed(seed)
+
+
+def _randn(shape: Sequence[int], like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    if generator is None:
+        return torch.randn(*shape, device=like.device, dtype=like.dtype)
+    return torch.randn(*shape, generator=generator).to(device=like.device, dtype=like.dtype)
+
+
+def _freeze(module: nn.Module) -> nn.Module:
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+class _CriticFrozen:
+    """Context manager: no parameter gradients for ``module`` during the generator step (saves the work)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __enter__(self) -> None:
+        self.module.requires_grad_(False)
+
+    def __exit__(self, *exc: object) -> None:
+        self.module.requires_grad_(True)
+
+
+# ------------------------------------------------------------------------------------------- tasks
+def regressor_loss(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+    """MSE between predicted and true incident energy (both / 100 GeV); calls the model (DDP-safe)."""
+    x, e = batch[0], batch[1].reshape(-1).to(batch[0].dtype)
+    pred = model(x)
+    loss = F.mse_loss(pred, e)
+    return {"loss": loss, "mae": (pred - e).abs().mean().detach()}
+
+
+class RegressorTask(SupervisedTask):
+    """Trains the :class:`EnergyRegressor` on MSE(pred, e); a :class:`SupervisedTask` (so DDP works)."""
+
+    def __init__(self, regressor: EnergyRegressor, cfg: RegressorConfig) -> None:
+        opt = torch.optim.Adam(regressor.parameters(), lr=cfg.lr, betas=cfg.betas)
+        super().__init__(regressor, regressor_loss, opt)
+        self.grid_shape = regressor.grid_shape
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"regressor": self.model}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"regressor": self.optimizer}
+
+    def train_step(self, batch: Batch | None, step: int) -> dict[str, float]:
+        check_batch(batch, self.grid_shape)
+        return super().train_step(batch, step)
+
+    @torch.no_grad()
+    def eval_step(self, batch: Batch) -> dict[str, float]:
+        check_batch(batch, self.grid_shape)
+        return super().eval_step(batch)
+
+
+class WGANTask:
+    """WGAN-GP training with an optional frozen energy constrainer.
+
+    Per trainer step (one batch of B showers): ``n_critic`` critic updates, update i on slice
+    ``i mod k`` of the batch split into ``k = min(n_critic, B)`` slices, each with fresh noise and the
+    conditions of that slice; then one generator update on fresh noise with the conditions of the whole
+    batch.  Critic loss ``C(fake) - C(real) + GP``; generator loss ``-C(fake) + regressor_weight *
+    MSE(regressor(fake), e)``.  Logged ``loss`` is the critic's Wasserstein estimate ``C(real) - C(fake)``
+    (the quantity that tracks sample quality in WGAN training, arXiv:1704.00028).
+
+    Not data-parallel (no ``wrap``): DDP does not support the double backward of the gradient penalty.
+    """
+
+    def __init__(self, generator: Generator, critic: Critic, cfg: WGANConfig, *,
+                 regressor: nn.Module | None = None, seed: int = 0) -> None:
+        self.generator, self.critic, self.cfg = generator, critic, cfg
+        self.grid_shape = generator.grid_shape
+        self.regressor = _freeze(regressor) if regressor is not None else None
+        self.seed = seed
+        self.opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_generator, betas=cfg.betas)
+        self.opt_c = torch.optim.Adam(critic.parameters(), lr=cfg.lr_critic, betas=cfg.betas)
+
+    def modules(self) -> dict[str, nn.Module]:
+        mods: dict[str, nn.Module] = {"generator": self.generator, "critic": self.critic}
+        if self.regressor is not None:
+            mods["regressor"] = self.regressor  # frozen, saved so the checkpoint records the constrainer used
+        return mods
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"generator": self.opt_g, "critic": self.opt_c}
+
+    def schedulers(self) -> dict[str, Any]:
+        return {}
+
+    def _constraint(self, fake: torch.Tensor, e: torch.Tensor) -> torch.Tensor | None:
+        if self.regressor is None or self.cfg.regressor_weight == 0:
+            return None
+        self.regressor.eval()
+        return F.mse_loss(self.regressor(fake), e)
+
+    def train_step(self, batch: Batch | None, step: int) -> dict[str, float]:
+        x, e = check_batch(batch, self.grid_shape)
+        self.generator.train()
+        self.critic.train()
+        n = x.shape[0]
+        slices = torch.arange(n, device=x.device).tensor_split(min(self.cfg.n_critic, n))
+        logs: dict[str, float] = {}
+        for i in range(self.cfg.n_critic):
+            idx = slices[i % len(slices)]
+            xr, er = x[idx], e[idx]
+            with torch.no_grad():
+                fake = self.generator(_randn((len(idx), self.cfg.latent_dim), x), er)
+            c_real = self.critic(xr, er).mean()
+            c_fake = self.critic(fake, er).mean()
+            gp = gradient_penalty(self.critic, xr, fake, er, self.cfg.lambda_gp)
+            loss_c = c_fake - c_real + gp
+            self.opt_c.zero_grad(set_to_none=True)
+            loss_c.backward()
+            self.opt_c.step()
+        logs.update(critic_loss=float(loss_c.detach()), gp=float(gp.detach()),
+                    loss=float((c_real - c_fake).detach()))
+        with _CriticFrozen(self.critic):
+            fake = self.generator(_randn((n, self.cfg.latent_dim), x), e)
+            adv = -self.critic(fake, e).mean()
+            reg = self._constraint(fake, e)
+            loss_g = adv if reg is None else adv + self.cfg.regressor_weight * reg
+            self.opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            self.opt_g.step()
+        logs.update(generator_loss=float(loss_g.detach()), generator_adv=float(adv.detach()))
+        if reg is not None:
+            logs["regressor_mse"] = float(reg.detach())
+        return logs
+
+    @torch.no_grad()
+    def eval_step(self, batch: Batch) -> dict[str, float]:
+        x, e = check_batch(batch, self.grid_shape)
+        self.generator.eval()
+        self.critic.eval()
+        fake = self.generator(_randn((x.shape[0], self.cfg.latent_dim), x, _eval_generator(self.seed)), e)
+        c_real, c_fake = self.critic(x, e).mean(), self.critic(fake, e).mean()
+        sum_real, sum_fake = x.flatten(1).sum(1).mean(), fake.flatten(1).sum(1).mean()
+        out = {"loss": float(c_real - c_fake), "critic_real": float(c_real), "critic_fake": float(c_fake),
+               "esum_ratio": float(sum_fake / sum_real.clamp_min(1e-12))}
+        reg = self._constraint(fake, e)
+        if reg is not None:
+            out["regressor_mse"] = float(reg)
+        return out
+
+
+class WGANSampler(nn.Module):
+    """Generation/export module: (B, latent_dim + 1) = [z, e] -> (B, n_z * n_y * n_x) in scaled units."""
+
+    def __init__(self, generator: Generator) -> None:
+        super().__init__()
+        self.generator = generator
+        self.latent_dim = generator.latent_dim
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        z, e = inputs[:, : self.latent_dim], inputs[:, self.latent_dim]
+        return self.generator(z, e).flatten(1)
