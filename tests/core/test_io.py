@@ -58,3 +58,21 @@ def test_output_under_a_file_is_refused(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(OutputError, match="cannot create"), atomic_path(blocker / "sub" / "out.h5"):
         pass
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path: Path) -> None:
+    """mkstemp makes 0600 files; outputs must be as readable as any file the user creates (0666 & ~umask)."""
+    import os
+
+    from mlfastsim.core.io import atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        from mlfastsim.core import io as io_mod
+
+        io_mod._umask.cache_clear()
+        out = atomic_write_text(tmp_path / "a.txt", "x")
+        assert os.stat(out).st_mode & 0o777 == 0o644
+    finally:
+        os.umask(mask)
+        io_mod._umask.cache_clear()

@@ -8,6 +8,7 @@ helpers that turn the zoo of low-level failures (missing, not HDF5, truncated) i
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -39,6 +40,15 @@ def ensure_writable_dir(directory: str | Path, *, what: str = "output") -> Path:
     return path
 
 
+@functools.cache
+def _umask() -> int:
+    """The process umask, read once (by setting and restoring it: POSIX has no getter; once, because
+    setting it is not thread-safe)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(destination: str | Path, *, what: str = "output") -> Iterator[Path]:
     """Yield a temporary path next to ``destination``; rename it into place only on success.
@@ -53,6 +63,10 @@ def atomic_path(destination: str | Path, *, what: str = "output") -> Iterator[Pa
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.is_file():
+            # mkstemp creates 0600; give the file the permissions a plain open() would (0666 & ~umask),
+            # so outputs on a shared cluster disk are readable by the group like any other file
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -49,4 +49,9 @@ def progress_bar(total: float | None, description: str, *, enabled: bool = True)
     )
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=total)
-        yield _Bar(progress, task)
+        try:
+            yield _Bar(progress, task)
+        except BaseException:
+            # a failed run's half-drawn bar would sit above the one-line error: erase it instead
+            progress.live.transient = True
+            raise

@@ -66,6 +66,7 @@ import numba as nb
 import numpy as np
 import yaml
 
+import mlfastsim.core.numba_setup  # noqa: F401  (threading layer before the kernels)
 from mlfastsim.core.errors import ConfigError
 from mlfastsim.core.progress import progress_bar
 from mlfastsim.showers.formats import ShowerData

@@ -42,6 +42,7 @@ import h5py
 import numba
 import numpy as np
 
+import mlfastsim.core.numba_setup  # noqa: F401  (threading layer before the kernels)
 from mlfastsim.core.errors import DataError, InputFileError
 from mlfastsim.core.io import atomic_path, open_h5
 from mlfastsim.showers.formats import ShowerData, concat_showers

@@ -1,0 +1,108 @@
+"""Config-driven runs: exact resume, transfer into the charge net, inference only, and bad configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from mlfastsim.core.checkpoint import latest_checkpoint, load_checkpoint
+from mlfastsim.core.config import load_config
+from mlfastsim.core.errors import ConfigError, DataError
+from mlfastsim.lartpc.config import LArTPCTrainConfig
+from mlfastsim.lartpc.metrics import rejection_at_efficiency, summarise
+from mlfastsim.lartpc.train import run
+from tests.lartpc.conftest import train_config
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))["modules"]["model"]
+
+
+def test_resume_is_bit_exact(xy_dir: Path, tmp_path: Path) -> None:
+    full = run(train_config(xy_dir, tmp_path / "full"), progress=False)
+    assert len(full.summaries) == 2 and (tmp_path / "full" / "plots" / "summary.png").exists()
+    assert (tmp_path / "full" / "inference" / "epoch_002.h5").exists()
+    run(train_config(xy_dir, tmp_path / "part", n_epochs=1), progress=False)
+    resumed = run(train_config(xy_dir, tmp_path / "part"), resume=True, progress=False)
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "part")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.summaries == full.summaries
+    assert (tmp_path / "full" / "summary.csv").read_text() == (tmp_path / "part" / "summary.csv").read_text()
+    # resuming from a named epoch retrains the rest identically
+    again = run(train_config(xy_dir, tmp_path / "full"), resume=1, progress=False)
+    c = weights(tmp_path / "full")
+    assert all(torch.equal(a[k], c[k]) for k in a) and again.summaries == full.summaries
+
+
+def test_transfer_into_charge_net_and_frozen_backbone(xy_dir: Path, tmp_path: Path) -> None:
+    run(train_config(xy_dir, tmp_path / "ghost", n_epochs=1), progress=False)
+    ghost = weights(tmp_path / "ghost")
+    cfg = train_config(xy_dir, tmp_path / "charge", n_epochs=1, metric="charge_resolution",
+                       model={"type": "charge", "freeze_backbone": True, "nHiddenLayers": 1},
+                       loss={"name": "huber"}, transfer={"checkpoint": str(tmp_path / "ghost")})
+    res = run(cfg, progress=False)
+    assert res.transferred == sum(1 for k in ghost if k.startswith("backbone."))
+    charge = weights(tmp_path / "charge")
+    for k, v in ghost.items():
+        if k.startswith("backbone."):
+            assert torch.equal(charge[k], v), k
+    assert np.isfinite(res.summaries[-1]["charge_resolution"])
+    bad = cfg.model_copy(update={"model": cfg.model.model_copy(update={"nChannels": 6}),
+                                 "output_dir": tmp_path / "bad"})
+    with pytest.raises(ConfigError, match="do not fit"):
+        run(bad, progress=False)
+
+
+def test_inference_only_reproduces_the_training_summary(xy_dir: Path, tmp_path: Path) -> None:
+    trained = run(train_config(xy_dir, tmp_path / "ghost", n_epochs=1), progress=False)
+    cfg = LArTPCTrainConfig.model_validate({
+        "output_dir": str(tmp_path / "inf"), "batch_size": 3, "checkpoint": str(tmp_path / "ghost"),
+        "data": {"data_path": [str(xy_dir)], "inference_i": [4, 6]}, "loss": {"name": "bce"}})
+    res = run(cfg, progress=False)
+    assert res.mode == "inference"
+    for key in ("efficiency", "rejection", "rejection_at_95", "auc"):
+        assert res.summaries[0][key] == pytest.approx(trained.summaries[-1][key], rel=1e-5)
+    with h5py.File(tmp_path / "inf" / "inference" / "inference.h5") as f:
+        assert f["score"].shape == f["true_charge"].shape and f["offsets"][-1] == len(f["score"])
+    assert not (tmp_path / "inf" / "checkpoints").exists()
+
+
+def test_data_checks(xy_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="downsampling"):
+        run(train_config(xy_dir, tmp_path / "r", data={"downsample": [2, 2, 2]}), progress=False)
+    with pytest.raises(ConfigError, match="spatial_size") as info:
+        run(train_config(xy_dir, tmp_path / "r", model={"spatial_size": [16, 16, 16]}), progress=False)
+    assert "xy_tpc01" in str(info.value)
+    with pytest.raises(ConfigError, match="events"):
+        run(train_config(xy_dir, tmp_path / "r", data={"train_i": [0, 99]}), progress=False)
+    with pytest.raises(ConfigError, match="binary"):
+        run(train_config(xy_dir, tmp_path / "r", loss={"name": "mse"}), progress=False)
+
+
+def test_config_errors(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("data: {data_path: [x], train_i: [0, 4]}\nmodel: {nChanels: 4}\n")
+    with pytest.raises(ConfigError, match=r"model\.nChanels") as info:
+        load_config(LArTPCTrainConfig, p)
+    assert str(p) in str(info.value)
+    p.write_text("data: {data_path: [x], train_i: [0, 4]}\nn_epochs: many\n")
+    with pytest.raises(ConfigError, match="n_epochs"):
+        load_config(LArTPCTrainConfig, p)
+    p.write_text("data: {data_path: [x]}\n")
+    with pytest.raises(ConfigError, match="checkpoint"):
+        load_config(LArTPCTrainConfig, p)
+
+
+def test_metrics_against_hand_counts() -> None:
+    score = np.array([0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1])
+    charge = np.array([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0])
+    s = summarise(score, charge, 0.0)
+    assert s["efficiency"] == 0.75 and s["rejection"] == 0.75 and s["purity"] == 0.75
+    # keeping 95 % of 4 real voxels means keeping all 4: the cut is the lowest real score (0.2)
+    assert rejection_at_efficiency(score, charge > 0) == 0.25
+    assert s["auc"] == pytest.approx(12 / 16)
+    assert s["baseline_rejection"] == 0.0 and s["baseline_purity"] == 0.5
