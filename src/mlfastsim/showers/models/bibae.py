@@ -67,6 +67,7 @@ class BIBAEConfig(StrictModel):
     decoder_channels: list[int] = Field(default_factory=lambda: [64, 32, 16], min_length=1)
     critic_channels: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=1)
     critic_hidden: int = Field(128, ge=1)
+    critic_layer_norm: bool = True  # GroupNorm(1, C) in the main critic; its double backward is slow on CPU
     latent_critic_hidden: list[int] = Field(default_factory=lambda: [64, 64], min_length=1)
     leaky_slope: float = Field(0.2, ge=0, lt=1)
     recon_weight: float = Field(1.0, ge=0)
@@ -241,8 +242,8 @@ class MainCritic(Critic):
     """WGAN critic on (input, reconstruction) pairs stacked as 2 channels: (x, x) is "real", (x, recon) "fake"."""
 
     def __init__(self, grid_shape: Sequence[int], cfg: BIBAEConfig) -> None:
-        super().__init__(grid_shape, cfg.critic_channels, cfg.critic_hidden, in_channels=2, layer_norm=True,
-                         leaky_slope=cfg.leaky_slope)
+        super().__init__(grid_shape, cfg.critic_channels, cfg.critic_hidden, in_channels=2,
+                         layer_norm=cfg.critic_layer_norm, leaky_slope=cfg.leaky_slope)
 
     @staticmethod
     def pair(x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
