@@ -11,7 +11,7 @@ import sys
 import typer
 
 from mlfastsim import __version__
-from mlfastsim.cli import demo, lartpc, showers
+from mlfastsim.cli import belle2, demo, lartpc, showers
 from mlfastsim.core.errors import MlfastsimError
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app = typer.Typer(
 )
 app.add_typer(showers.app, name="showers")
 app.add_typer(demo.app, name="demo")
+app.add_typer(belle2.app, name="belle2")
 app.add_typer(lartpc.app, name="lartpc")
 
 _state = {"debug": False}

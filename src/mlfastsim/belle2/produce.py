@@ -1,0 +1,237 @@
+"""``belle2 produce``: labelled training data, the way Belle II produces it.
+
+Generation (:mod:`mlfastsim.belle2.generator`) -> expensive stage (:mod:`mlfastsim.belle2.detector`)
+-> skim label.  The output is one HDF5 file written through pandas/PyTables with two tables:
+
+``particles``  generator-level MCParticles, one row per particle, sorted by event then tree index:
+               event, index, mother_index (-1 for the Upsilon(4S)), pdg, mother_pdg (0 for the root),
+               charge, mass_mev, E_mev, px_mev, py_mev, pz_mev, x_mm, y_mm, z_mm, t_ns (production point)
+               and is_final (not decayed by the generator);
+``events``     one row per event: event, label (1 = passes the skim), first_row and n_particles (where its
+               particles are), sim_cpu_s (measured CPU time of the expensive stage for this event),
+               gen_cpu_s (generation CPU time per event of its chunk) and the skim variables.
+
+Events are produced in chunks; chunk ``k`` draws from ``SeedSequence([seed, k])``, so the file is the same
+whatever the number of Dask workers.  Chunks are appended to the file in task order with a bounded
+number in flight (memory stays a few chunks), into a temporary file renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlfastsim.belle2.config import ProduceConfig
+from mlfastsim.belle2.decay_table import load_decay_table
+from mlfastsim.belle2.detector import SKIM_VARIABLES, simulate_event
+from mlfastsim.belle2.generator import generate
+from mlfastsim.core.errors import DataError, InputFileError
+from mlfastsim.core.io import atomic_path, require_file
+from mlfastsim.core.parallel import dask_client
+from mlfastsim.core.progress import progress_bar
+
+PARTICLE_COLUMNS = ("event", "index", "mother_index", "pdg", "mother_pdg", "charge", "mass_mev", "E_mev", "px_mev",
+                    "py_mev", "pz_mev", "x_mm", "y_mm", "z_mm", "t_ns", "is_final")
+EVENT_COLUMNS = ("event", "label", "first_row", "n_particles", "sim_cpu_s", "gen_cpu_s", *SKIM_VARIABLES)
+#: columns a generator-level file must have for preprocessing and apply (the label is optional there)
+REQUIRED_PARTICLE_COLUMNS = ("event", "index", "mother_index", "pdg", "charge", "E_mev", "px_mev", "py_mev",
+                             "pz_mev", "x_mm", "y_mm", "z_mm", "t_ns")
+
+
+def produce_chunk(dec_file: str | None, chunk: int, n_events: int, first_event: int, seed: int
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Generate, simulate and skim ``n_events`` events of chunk ``chunk`` (a pure function of its arguments)."""
+    table = load_decay_table(dec_file)
+    gen_rng, sim_rng = (np.random.default_rng(s) for s in np.random.SeedSequence([seed, chunk]).spawn(2))
+    t0 = time.process_time()
+    parts = generate(table, n_events, gen_rng)
+    gen_cpu = (time.process_time() - t0) / n_events
+    pdg = table.pdg[parts.species]
+    rows: list[dict[str, Any]] = []
+    for i in range(n_events):
+        a, b = parts.offsets[i], parts.offsets[i + 1]
+        final = ~parts.decayed[a:b]
+        t1 = time.process_time_ns()
+        result = simulate_event(pdg[a:b][final], parts.p4[a:b][final], sim_rng)
+        result["sim_cpu_s"] = (time.process_time_ns() - t1) * 1e-9
+        rows.append(result)
+    events = pd.DataFrame(rows)
+    events.insert(0, "event", np.arange(first_event, first_event + n_events, dtype=np.int64))
+    events["n_particles"] = np.diff(parts.offsets).astype(np.int64)
+    events["first_row"] = parts.offsets[:-1].astype(np.int64)  # made global by the writer
+    events["gen_cpu_s"] = gen_cpu
+    events["label"] = events["label"].astype(np.int8)
+    events = events[list(EVENT_COLUMNS)]
+    mother_global = np.where(parts.mother >= 0, parts.offsets[parts.event] + parts.mother, 0)
+    mother_pdg = np.where(parts.mother >= 0, pdg[mother_global], 0)
+    particles = pd.DataFrame({
+        "event": parts.event + first_event,
+        "index": parts.index.astype(np.int32),
+        "mother_index": parts.mother.astype(np.int32),
+        "pdg": pdg.astype(np.int32),
+        "mother_pdg": mother_pdg.astype(np.int32),
+        "charge": table.charge[parts.species].astype(np.int8),
+        "mass_mev": parts.mass,
+        "E_mev": parts.p4[:, 0],
+        "px_mev": parts.p4[:, 1],
+        "py_mev": parts.p4[:, 2],
+        "pz_mev": parts.p4[:, 3],
+        "x_mm": parts.vertex[:, 0],
+        "y_mm": parts.vertex[:, 1],
+        "z_mm": parts.vertex[:, 2],
+        "t_ns": parts.vertex[:, 3],
+        "is_final": ~parts.decayed,
+    })
+    return particles, events
+
+
+def produce(cfg: ProduceConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Produce ``cfg.n_events`` labelled events into ``cfg.output``; returns a summary (with the dropped BF)."""
+    dec_file = str(cfg.dec_file) if cfg.dec_file else None
+    table = load_decay_table(dec_file)  # fail early (bad DEC file) and get the report
+    n_chunks = -(-cfg.n_events // cfg.chunk_size)
+    tasks = [(dec_file, k, min(cfg.chunk_size, cfg.n_events - k * cfg.chunk_size), k * cfg.chunk_size, cfg.seed)
+             for k in range(n_chunks)]
+    t0 = time.perf_counter()
+    n_rows = 0
+    n_pass = 0
+    sim_cpu = 0.0
+    gen_cpu = 0.0
+    with atomic_path(cfg.output) as tmp, pd.HDFStore(tmp, mode="w", complevel=1, complib="zlib") as store:
+        for particles, events in _chunks_in_order(tasks, cfg, progress):
+            events = events.copy()
+            events["first_row"] += n_rows
+            n_rows += len(particles)
+            n_pass += int(events["label"].sum())
+            sim_cpu += float(events["sim_cpu_s"].sum())
+            gen_cpu += float(events["gen_cpu_s"].sum())
+            store.append("particles", particles, format="table", index=False)
+            store.append("events", events, format="table", index=False, data_columns=["event", "label"])
+        summary = {
+            "n_events": cfg.n_events,
+            "n_particles": n_rows,
+            "pass_fraction": n_pass / cfg.n_events,
+            "sim_cpu_s_per_event": sim_cpu / cfg.n_events,
+            "gen_cpu_s_per_event": gen_cpu / cfg.n_events,
+            "wall_s": time.perf_counter() - t0,
+            "seed": cfg.seed,
+            "chunk_size": cfg.chunk_size,
+            "decay_table": table.report(),
+        }
+        store.get_storer("events").attrs.summary = summary
+    return summary
+
+
+def _chunks_in_order(tasks: list[tuple[Any, ...]], cfg: ProduceConfig, progress: bool
+                     ) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """Chunk results in task order, with a bounded number in flight (memory stays a few chunks).
+
+    Serial without workers; otherwise one Dask client (``core.parallel.dask_client``) for the whole run
+    with a sliding window of submitted chunks, consumed in order so the file does not depend on which
+    worker finishes first.
+    """
+    if cfg.parallel.workers <= 1 and not cfg.parallel.scheduler:
+        with progress_bar(len(tasks), "produce", enabled=progress) as bar:
+            for task in tasks:
+                yield produce_chunk(*task)
+                bar.advance()
+        return
+    with dask_client(cfg.parallel.workers, cfg.parallel.scheduler) as client:
+        n_workers = max(len(client.scheduler_info().get("workers", {})), cfg.parallel.workers, 1)
+        window = 2 * n_workers
+        pending: deque[Any] = deque()
+        queue = iter(enumerate(tasks))
+        with progress_bar(len(tasks), f"produce ({n_workers} workers)", enabled=progress) as bar:
+            for k, task in itertools.islice(queue, window):
+                pending.append(client.submit(produce_chunk, *task, pure=False, key=f"produce_chunk-{k}"))
+            while pending:
+                result = pending.popleft().result()  # re-raises a task's MlfastsimError unchanged
+                for k, task in itertools.islice(queue, 1):
+                    pending.append(client.submit(produce_chunk, *task, pure=False, key=f"produce_chunk-{k}"))
+                bar.advance()
+                yield result
+
+
+# ---------------------------------------------------------------------------------------------- reading
+class EventFile:
+    """A produce-format file opened for chunked reading, with its layout validated up front."""
+
+    def __init__(self, path: str | Path, *, need_labels: bool = False) -> None:
+        self.path = require_file(path, what="events file")
+        try:
+            self.store = pd.HDFStore(self.path, mode="r")
+        except Exception as exc:  # PyTables raises HDF5ExtError, OSError, ValueError... for non-HDF5 input
+            raise InputFileError(f"not a readable HDF5 table file ({type(exc).__name__})", file=self.path,
+                                 fix="pass a file written by 'mlfastsim belle2 produce'") from exc
+        try:
+            keys = {k.lstrip("/") for k in self.store.keys()}
+            for key in ("particles", "events"):
+                if key not in keys:
+                    raise InputFileError(f"no '{key}' table (found: {', '.join(sorted(keys)) or 'nothing'})",
+                                         file=self.path, field=key,
+                                         fix="pass a file written by 'mlfastsim belle2 produce'")
+            p_cols = self._columns("particles")
+            missing = [c for c in REQUIRED_PARTICLE_COLUMNS if c not in p_cols]
+            if missing:
+                raise InputFileError(f"particles table lacks required column(s) {', '.join(missing)}",
+                                     file=self.path, field="particles",
+                                     fix=f"the table needs {', '.join(REQUIRED_PARTICLE_COLUMNS)}")
+            e_cols = self._columns("events")
+            need = ["event", "first_row", "n_particles"] + (["label"] if need_labels else [])
+            missing = [c for c in need if c not in e_cols]
+            if missing:
+                raise InputFileError(f"events table lacks required column(s) {', '.join(missing)}",
+                                     file=self.path, field="events", fix=f"the table needs {', '.join(need)}")
+            self.n_events = int(self.store.get_storer("events").nrows)
+            self.n_particles = int(self.store.get_storer("particles").nrows)
+            self._events: pd.DataFrame | None = None
+        except BaseException:
+            self.store.close()
+            raise
+
+    def _columns(self, key: str) -> list[str]:
+        return list(self.store.select(key, stop=1).columns)
+
+    @property
+    def events(self) -> pd.DataFrame:
+        """The whole events table (one small row per event; analysis-level use such as evaluate)."""
+        if self._events is None:
+            self._events = self.store.select("events")
+        return self._events
+
+    def events_chunk(self, lo: int, hi: int) -> pd.DataFrame:
+        """Rows ``lo:hi`` of the events table, read on their own (streaming use)."""
+        if self._events is not None:
+            return self._events.iloc[lo:hi]
+        return self.store.select("events", start=lo, stop=hi)
+
+    def particles(self, lo: int, hi: int) -> tuple[pd.DataFrame, np.ndarray]:
+        """Particles of events ``lo:hi`` (row positions in the events table) and per-event offsets."""
+        ev = self.events_chunk(lo, hi)
+        if len(ev) == 0:
+            return pd.DataFrame(columns=list(REQUIRED_PARTICLE_COLUMNS)), np.zeros(1, dtype=np.int64)
+        first = ev["first_row"].to_numpy(np.int64)
+        counts = ev["n_particles"].to_numpy(np.int64)
+        start, stop = int(first[0]), int(first[-1] + counts[-1])
+        if np.any(first[1:] != first[:-1] + counts[:-1]) or stop > self.n_particles or start < 0:
+            raise DataError("events table rows (first_row, n_particles) do not tile the particles table",
+                            file=self.path, field="events.first_row", fix="re-create the file with belle2 produce")
+        df = self.store.select("particles", start=start, stop=stop)
+        offsets = np.r_[0, np.cumsum(counts)]
+        return df, offsets
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> EventFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
