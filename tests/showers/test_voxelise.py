@@ -329,3 +329,19 @@ def test_write_hits_checks_the_layout(tmp_path: Path) -> None:
             incident_energies=[1.0], entry_points=[[0, 0, 0]], directions=[[0, 0, 1]],  # type: ignore[arg-type]
         )
     assert not (tmp_path / "h.h5").exists()
+
+
+def test_hits_land_in_the_right_cells_of_a_cartesian_grid() -> None:
+    """Head-on along +z: x' = x, y' = y; the axis runs through the centre of cell (axis_x, axis_y)."""
+    from mlfastsim.showers.geometry import CartesianGrid
+
+    grid = CartesianGrid(n_x=5, n_y=4, n_z=3, cell_x=10.0, cell_y=20.0, cell_z=30.0, axis_x=2, axis_y=1)
+    points = np.array([[0.0, 0.0, 5.0],       # axis, layer 0 -> (0, 1, 2)
+                       [4.9, -9.9, 35.0],     # still the axis cell in x and y, layer 1
+                       [5.1, 10.1, 65.0],     # one cell up in x and y, layer 2 -> (2, 2, 3)
+                       [-25.1, 0.0, 5.0],     # left of the grid: dropped
+                       [0.0, 0.0, 95.0]])     # behind the last layer: dropped
+    res = one_event(points, Z, grid)
+    cells = grid.to_grid(res.showers)[0]
+    assert cells[0, 1, 2] == 1.0 and cells[1, 1, 2] == 1.0 and cells[2, 2, 3] == 1.0
+    assert cells.sum() == 3.0 and res.hits_outside[0] == 2 and res.energy_outside[0] == 2.0

@@ -561,7 +561,7 @@ def write_par04(
 
 # --------------------------------------------------------------------------------------------- hits
 def read_hits_files(
-    inputs: Sequence[str | Path], *, mesh: CylindricalMesh | None = None, chunk_hits: int | None = None
+    inputs: Sequence[str | Path], *, mesh: Mesh | None = None, chunk_hits: int | None = None
 ) -> ShowerData:
     """Voxelise hit-level files onto ``mesh`` (see :mod:`mlfastsim.showers.voxelise`).
 
@@ -572,7 +572,7 @@ def read_hits_files(
     if mesh is None:
         raise ConfigError(
             "voxelising hits needs a mesh", field="--mesh",
-            fix="pass --mesh (par04, ds2, ds3, a binning .xml or a mesh .yaml)",
+            fix="pass --mesh (par04, ds2, ds3, hcal48, a binning .xml or a mesh .yaml)",
         )
     return read_hits(expand_inputs(inputs, what="hits"), mesh, chunk_hits=chunk_hits or DEFAULT_CHUNK_HITS)
 
