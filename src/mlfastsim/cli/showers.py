@@ -145,7 +145,7 @@ def validate(
 
 @app.command()
 def presets() -> None:
-    """List the detector and mesh presets with the material facts the simulator uses."""
+    """List the detector, mesh and hadron-grid presets with the material facts the simulators use."""
     from mlfastsim.showers.geometry import DETECTOR_PRESETS, MESH_PRESETS
 
     t = Table(title="Detectors")
@@ -163,6 +163,18 @@ def presets() -> None:
         m.add_row(name, f"{mesh.n_r} x {mesh.n_phi} x {mesh.n_z}", str(mesh.n_voxels), f"{mesh.size_r}",
                   f"{mesh.size_z}", f"{mesh.radius:.2f}")
     console.print(m)
+    from mlfastsim.showers.geometry import GRID_PRESETS
+    from mlfastsim.showers.hadronic import HADRON_CALORIMETERS
+
+    g = Table(title="Hadron grids and calorimeters (--particle pion)")
+    for col in ("name", "n_z x n_y x n_x", "cells [mm]", "layer pitch [mm]", "calorimeter", "MIP [MeV]",
+                "threshold [MeV]", "depth"):
+        g.add_column(col)
+    for (name, grid), calo in zip(GRID_PRESETS.items(), HADRON_CALORIMETERS.values(), strict=False):
+        g.add_row(name, f"{grid.n_z} x {grid.n_y} x {grid.n_x}", f"{grid.cell_x:g} x {grid.cell_y:g}",
+                  f"{grid.cell_z:g}", calo.name, f"{calo.mip_mev:.2f}", f"{calo.threshold_mev:.2f}",
+                  f"{calo.depth_lambda:.1f} λ_I")
+    console.print(g)
 
 
 # ------------------------------------------------------------------------------------ MetaHEP road
