@@ -79,7 +79,7 @@ def worker(args: argparse.Namespace) -> None:
     x = torch.rand(n, N_VOXELS, generator=g) ** 4  # sparse-ish, like normalised shower voxels
     c = torch.rand(n, N_CONDITIONS, generator=g)
     cfg = TrainerConfig(max_steps=args.steps, batch_size=args.batch_size, eval_every=10**9,
-                        checkpoint_every=10**9, seed=0)
+                        checkpoint_every=10**9, seed=0, sync_batch_norm=not args.local_bn)
     torch.manual_seed(0)
     model = ParVAE()
     task = SupervisedTask(model, vae_loss, make_optimizer(model.parameters(), cfg))
@@ -99,11 +99,12 @@ def worker(args: argparse.Namespace) -> None:
     dist_utils.cleanup()
 
 
-def run_config(nproc: int, threads: int, args: argparse.Namespace) -> dict[str, float]:
+def run_config(nproc: int, threads: int, args: argparse.Namespace, local_bn: bool = False) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
         worker_args = [str(Path(__file__).resolve()), "--worker", "--threads", str(threads), "--result", str(result),
                        "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+        worker_args += ["--local-bn"] if local_bn else []
         launcher = [sys.executable] if nproc == 1 else [
             sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -122,6 +123,7 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--local-bn", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
@@ -136,14 +138,18 @@ def main() -> None:
     print(f"Par04-size VAE ({n_params / 1e6:.2f} M parameters), global batch {args.batch_size}, "
           f"{args.steps - 1 - args.warmup} timed steps after {args.warmup} warm-up, torch {torch.__version__}, "
           f"{cpus} CPU cores, load average {os.getloadavg()[0]:.1f} (other work on the cores skews every row)")
-    rows = [(1, 1), (1, args.nproc), (args.nproc, 1)]
-    results = [(nproc, threads, run_config(nproc, threads, args)) for nproc, threads in rows]
-    base = results[0][2]["samples_per_s"]
-    print(f"{'processes':>9} {'threads/proc':>12} {'batch/proc':>10} {'ms/step':>8} {'samples/s':>10} {'speed-up':>8}")
-    for nproc, threads, r in results:
+    # last row: batch norm over each rank's slice (trainer.sync_batch_norm: false) instead of the global batch
+    rows = [(1, 1, False), (1, args.nproc, False), (args.nproc, 1, False), (args.nproc, 1, True)]
+    results = [(nproc, threads, local, run_config(nproc, threads, args, local)) for nproc, threads, local in rows]
+    base = results[0][3]["samples_per_s"]
+    print(f"{'processes':>9} {'threads/proc':>12} {'batch/proc':>10} {'batch norm':>10} {'ms/step':>8} "
+          f"{'samples/s':>10} {'speed-up':>8}")
+    for nproc, threads, local, r in results:
         ms = 1000 * r["seconds"] / r["steps"]
-        print(f"{nproc:>9} {threads:>12} {args.batch_size // nproc:>10} {ms:>8.1f} {r['samples_per_s']:>10.0f} "
-              f"{r['samples_per_s'] / base:>7.2f}x")
+        bn = "-" if nproc == 1 else ("per rank" if local else "global")
+        print(f"{nproc:>9} {threads:>12} {args.batch_size // nproc:>10} {bn:>10} {ms:>8.1f} "
+              f"{r['samples_per_s']:>10.0f} {r['samples_per_s'] / base:>7.2f}x")
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
 if __name__ == "__main__":

@@ -139,15 +139,17 @@ def main(argv: list[str] | None = None) -> int:
             showers = generate_hadrons(torch_runner(sampler), latent, norm, reference.energies, seed=7,
                                        batch_size=100)
             cand = ShowerData(reference.energies, showers, norm.grid, reference.angles, {"source": label})
-            metrics = run_validation(reference, cand, work / "validation" / model, classifier=True, seed=0,
-                                     exclude_empty=True, labels=("reference", label),
+            n_filled = int((cand.showers.max(axis=1) > 0).sum())
+            # the classifier needs >= 20 non-empty showers; an under-trained model may leave most empty
+            metrics = run_validation(reference, cand, work / "validation" / model, classifier=n_filled >= 20,
+                                     seed=0, exclude_empty=True, labels=("reference", label),
                                      classifier_config=ClassifierConfig(threads=args.threads))
             onnx = work / "onnx" / f"{model}.onnx"
             export_hadron_onnx(ckpt, onnx, num_threads=args.threads)
             timing = _generation_timing(sampler, latent, norm, onnx, args.threads)
             return {"sp": {k: metrics["observables"][k]["separation_power"] for k in ROWS},
-                    "auc": metrics["classifier"]["low_level"]["auc"],
-                    "auc_high": metrics["classifier"]["high_level"]["auc"],
+                    "auc": metrics.get("classifier", {}).get("low_level", {}).get("auc", float("nan")),
+                    "auc_high": metrics.get("classifier", {}).get("high_level", {}).get("auc", float("nan")),
                     "n_empty": metrics["n_excluded_empty"]["candidate"],
                     "response": metrics["response"]["candidate"], **timing}
         results[label] = _cached(res / f"eval_{model}.json", evaluate)

@@ -36,8 +36,9 @@ class PreprocessConfig(StrictModel):
     keys: list[str] = Field(default_factory=lambda: list(INPUT_TYPES))
     max_particles: int = Field(100, ge=2)
     max_tokens: int = Field(150, ge=4)
-    chunk_events: int = Field(2000, ge=1)  # events read and written per step (bounds memory)
+    chunk_events: int = Field(2000, ge=1)  # events read and written per task (bounds memory per worker)
     dec_file: Path | None = None  # the decay table the vocabulary comes from (as given to produce)
+    parallel: ParallelConfig = ParallelConfig()  # chunks on Dask: --workers N or --scheduler ADDRESS
 
 
 class MemmapConfig(StrictModel):

@@ -17,7 +17,6 @@ A PDG code outside it becomes UNK and is counted in the summary, never dropped s
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +30,7 @@ from mlfastsim.belle2.decay_table import SQRT_S_MEV, load_decay_table
 from mlfastsim.belle2.memmaps import release_pages
 from mlfastsim.belle2.produce import EventFile
 from mlfastsim.core.errors import ConfigError, DataError, InputFileError
-from mlfastsim.core.io import atomic_path, atomic_write_json, ensure_writable_dir
-from mlfastsim.core.progress import progress_bar
+from mlfastsim.core.io import atomic_write_json, ensure_writable_dir, plain_file_mode
 
 PAD, UNK, NONE, OPEN, CLOSE = 0, 1, 2, 3, 4
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<none>", "(", ")")
@@ -249,56 +247,100 @@ def _merge_stats(total: dict[str, Any], part: dict[str, Any]) -> None:
 
 
 def preprocess_file(cfg: PreprocessConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Preprocess ``cfg.input`` into ``cfg.output_dir`` (chunked: memory bounded by ``chunk_events``)."""
+    """Preprocess ``cfg.input`` into ``cfg.output_dir``, one task per ``chunk_events`` event range.
+
+    Tasks run serially or on Dask (``cfg.parallel``; workers need the output directory on a shared disk):
+    each encodes its events and writes its rows straight into the partial ``.npy`` files, so memory stays
+    one chunk per worker and the files are byte-identical whatever the worker count.  The partial files
+    live in ``.preprocess.json.parts`` with the list of finished chunks: a rerun after a killed run does
+    only the missing chunks, and a rerun after a finished one (same input and settings) does nothing.
+    The ``.npy`` files appear by atomic renames at the end.
+    """
+    import os
+
+    from mlfastsim.core.parallel import (
+        TaskCache,
+        cache_dir_for,
+        clear_done,
+        config_fingerprint,
+        file_signatures,
+        is_done,
+        mark_done,
+        run_tasks,
+    )
+
     if cfg.input is None:
         raise ConfigError("no input file", field="--input", fix="pass -i EVENTS.h5")
     bad = [k for k in cfg.keys if k not in INPUT_TYPES]
     if bad or not cfg.keys:
         raise ConfigError(f"unknown input type(s) {', '.join(bad) or '(none given)'}", field="--keys",
                           fix=f"choose from {', '.join(INPUT_TYPES)}")
-    outdir = ensure_writable_dir(cfg.output_dir)
-    vocab = Vocabulary.from_decay_table(str(cfg.dec_file) if cfg.dec_file else None)
+    outdir = ensure_writable_dir(cfg.output_dir).resolve()  # absolute: workers run elsewhere
+    summary_path = outdir / "preprocess.json"
     with EventFile(cfg.input, need_labels="y" in cfg.keys) as ef:
         n = ef.n_events
-        if n == 0:
-            raise DataError("the file holds no events", file=cfg.input, field="events", fix="produce some events")
-        shapes = {"particle": (n, cfg.max_particles, N_FEATURES), "pdg": (n, cfg.max_particles),
-                  "mother_pdg": (n, cfg.max_particles), "mother_index": (n, cfg.max_particles),
-                  "decay": (n, cfg.max_tokens), "y": (n,), "event": (n,)}
-        stats: dict[str, Any] = {}
-        with contextlib.ExitStack() as stack:
-            targets = {}
-            for key in cfg.keys:
-                tmp = stack.enter_context(atomic_path(outdir / f"{key}.npy"))
-                targets[key] = np.lib.format.open_memmap(tmp, mode="w+", dtype=DTYPES[key], shape=shapes[key])
-            with progress_bar(n, "preprocess", enabled=progress) as bar:
-                for lo in range(0, n, cfg.chunk_events):
-                    hi = min(lo + cfg.chunk_events, n)
-                    df, offsets = ef.particles(lo, hi)
-                    arrays, part = encode_events(df, offsets, vocab, cfg.max_particles, cfg.max_tokens,
-                                                 source=cfg.input)
-                    _merge_stats(stats, part)
-                    ev = ef.events_chunk(lo, hi)
-                    if "y" in targets:
-                        labels = ev["label"].to_numpy()
-                        if not np.all(np.isin(labels, (0, 1))):
-                            raise DataError("labels must be 0 or 1", file=cfg.input, field="events.label",
-                                            fix="re-create the file with belle2 produce")
-                        arrays["y"] = labels.astype(np.float32)
-                    arrays["event"] = ev["event"].to_numpy(np.int64)
-                    for key, target in targets.items():
-                        target[lo:hi] = arrays[key]
-                        target.flush()  # written back, then dropped from RSS: memory stays one chunk
-                        release_pages(target)
-                    bar.advance(hi - lo)
-            for target in targets.values():
-                target.flush()
-            del targets
+    if n == 0:
+        raise DataError("the file holds no events", file=cfg.input, field="events", fix="produce some events")
+    fingerprint = config_fingerprint(cfg, file_signatures([cfg.input]))
+    if is_done(summary_path, fingerprint) and all((outdir / f"{k}.npy").is_file() for k in cfg.keys):
+        return json.loads(summary_path.read_text())
+    vocab = Vocabulary.from_decay_table(str(cfg.dec_file) if cfg.dec_file else None)
+    shapes = {"particle": (n, cfg.max_particles, N_FEATURES), "pdg": (n, cfg.max_particles),
+              "mother_pdg": (n, cfg.max_particles), "mother_index": (n, cfg.max_particles),
+              "decay": (n, cfg.max_tokens), "y": (n,), "event": (n,)}
+    cache = TaskCache(cache_dir_for(summary_path), fingerprint)
+    partial = {key: cache.directory / f"{key}.npy" for key in cfg.keys}
+    if not all(p.is_file() for p in partial.values()):
+        cache.clear()  # finished chunks without their rows: start over
+        cache = TaskCache(cache_dir_for(summary_path), fingerprint)
+        for key, path in partial.items():
+            np.lib.format.open_memmap(path, mode="w+", dtype=DTYPES[key], shape=shapes[key]).flush()
+    task_cfg = cfg.model_copy(update={"input": Path(cfg.input).resolve()})
+    tasks = [(task_cfg, lo, min(lo + cfg.chunk_events, n), vocab, partial) for lo in range(0, n, cfg.chunk_events)]
+    parts = run_tasks(_preprocess_chunk, tasks, workers=cfg.parallel.workers, scheduler=cfg.parallel.scheduler,
+                      description=f"preprocess {n} events", progress=progress, cache=cache)
+    stats: dict[str, Any] = {}
+    for part in parts:
+        _merge_stats(stats, part)
+    clear_done(summary_path)
+    for key, path in partial.items():
+        os.chmod(path, plain_file_mode())  # np.memmap files are 0644-like already; match atomic outputs
+        os.replace(path, outdir / f"{key}.npy")
     atomic_write_json(outdir / "vocab.json", vocab.to_json())
     summary = {"input": str(cfg.input), "keys": list(cfg.keys), "max_particles": cfg.max_particles,
                "max_tokens": cfg.max_tokens, "features": list(FEATURES), **stats}
-    atomic_write_json(outdir / "preprocess.json", summary)
+    atomic_write_json(summary_path, summary)
+    mark_done(summary_path, fingerprint)
+    cache.clear()
     return summary
+
+
+def _preprocess_chunk(cfg: PreprocessConfig, lo: int, hi: int, vocab: Vocabulary,
+                      partial: dict[str, Path]) -> dict[str, Any]:
+    """Encode events ``[lo, hi)`` and write their rows into the partial ``.npy`` files; return the counts.
+
+    A task of :func:`preprocess_file` (here or on a Dask worker): chunks write disjoint rows, so workers
+    never touch the same bytes, and every write is flushed before the task reports success.
+    """
+    assert cfg.input is not None
+    with EventFile(cfg.input, need_labels="y" in cfg.keys) as ef:
+        df, offsets = ef.particles(lo, hi)
+        arrays, stats = encode_events(df, offsets, vocab, cfg.max_particles, cfg.max_tokens, source=cfg.input)
+        ev = ef.events_chunk(lo, hi)
+    if "y" in partial:
+        labels = ev["label"].to_numpy()
+        if not np.all(np.isin(labels, (0, 1))):
+            raise DataError("labels must be 0 or 1", file=cfg.input, field="events.label",
+                            fix="re-create the file with belle2 produce")
+        arrays["y"] = labels.astype(np.float32)
+    arrays["event"] = ev["event"].to_numpy(np.int64)
+    for key, path in partial.items():
+        target = np.load(path, mmap_mode="r+")
+        target[lo:hi] = arrays[key]
+        target.flush()  # written back, then dropped from RSS: memory stays one chunk
+        release_pages(target)
+        del target
+    return stats
 
 
 def load_vocabulary(path: str | Path) -> Vocabulary:

@@ -34,7 +34,16 @@ from mlfastsim.belle2.detector import SKIM_VARIABLES, simulate_event
 from mlfastsim.belle2.generator import generate
 from mlfastsim.core.errors import DataError, InputFileError
 from mlfastsim.core.io import atomic_path, require_file
-from mlfastsim.core.parallel import dask_client
+from mlfastsim.core.parallel import (
+    TaskCache,
+    cache_dir_for,
+    clear_done,
+    config_fingerprint,
+    dask_client,
+    file_signatures,
+    is_done,
+    mark_done,
+)
 from mlfastsim.core.progress import progress_bar
 
 PARTICLE_COLUMNS = ("event", "index", "mother_index", "pdg", "mother_pdg", "charge", "mass_mev", "E_mev", "px_mev",
@@ -93,9 +102,19 @@ def produce_chunk(dec_file: str | None, chunk: int, n_events: int, first_event: 
 
 
 def produce(cfg: ProduceConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Produce ``cfg.n_events`` labelled events into ``cfg.output``; returns a summary (with the dropped BF)."""
+    """Produce ``cfg.n_events`` labelled events into ``cfg.output``; returns a summary (with the dropped BF).
+
+    Idempotent: an output finished with the same settings is not produced again (its stored summary is
+    returned), and a run killed midway resumes from its finished chunks (``.NAME.parts`` beside the
+    output, see :mod:`mlfastsim.core.parallel`).
+    """
     dec_file = str(cfg.dec_file) if cfg.dec_file else None
     table = load_decay_table(dec_file)  # fail early (bad DEC file) and get the report
+    fingerprint = config_fingerprint(cfg, file_signatures([cfg.dec_file]) if cfg.dec_file else None)
+    if is_done(cfg.output, fingerprint):
+        with pd.HDFStore(cfg.output, mode="r") as store:
+            return dict(store.get_storer("events").attrs.summary)
+    cache = TaskCache(cache_dir_for(cfg.output), fingerprint)
     n_chunks = -(-cfg.n_events // cfg.chunk_size)
     tasks = [(dec_file, k, min(cfg.chunk_size, cfg.n_events - k * cfg.chunk_size), k * cfg.chunk_size, cfg.seed)
              for k in range(n_chunks)]
@@ -105,7 +124,7 @@ def produce(cfg: ProduceConfig, *, progress: bool = True) -> dict[str, Any]:
     sim_cpu = 0.0
     gen_cpu = 0.0
     with atomic_path(cfg.output) as tmp, pd.HDFStore(tmp, mode="w", complevel=1, complib="zlib") as store:
-        for particles, events in _chunks_in_order(tasks, cfg, progress):
+        for particles, events in _chunks_in_order(tasks, cfg, progress, cache):
             events = events.copy()
             events["first_row"] += n_rows
             n_rows += len(particles)
@@ -126,37 +145,61 @@ def produce(cfg: ProduceConfig, *, progress: bool = True) -> dict[str, Any]:
             "decay_table": table.report(),
         }
         store.get_storer("events").attrs.summary = summary
+        clear_done(cfg.output)
+    mark_done(cfg.output, fingerprint)
+    cache.clear()
     return summary
 
 
-def _chunks_in_order(tasks: list[tuple[Any, ...]], cfg: ProduceConfig, progress: bool
+def _chunks_in_order(tasks: list[tuple[Any, ...]], cfg: ProduceConfig, progress: bool, cache: Any
                      ) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
     """Chunk results in task order, with a bounded number in flight (memory stays a few chunks).
 
     Serial without workers; otherwise one Dask client (``core.parallel.dask_client``) for the whole run
     with a sliding window of submitted chunks, consumed in order so the file does not depend on which
-    worker finishes first.
+    worker finishes first.  Chunks already in ``cache`` (a :class:`~mlfastsim.core.parallel.TaskCache`
+    of a killed run) are read back instead of produced; new ones are stored as they arrive.
     """
+    todo = [(k, task) for k, task in enumerate(tasks) if not cache.has(k)]
+
+    def cached_until(k_next: int, done: int) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+        # the cached chunks before k_next, in order (they need no worker)
+        for k in range(done, k_next):
+            yield cache.load(k)
+
     if cfg.parallel.workers <= 1 and not cfg.parallel.scheduler:
-        with progress_bar(len(tasks), "produce", enabled=progress) as bar:
-            for task in tasks:
-                yield produce_chunk(*task)
+        with progress_bar(len(todo), "produce", enabled=progress) as bar:
+            done = 0
+            for k, task in todo:
+                yield from cached_until(k, done)
+                result = produce_chunk(*task)
+                cache.save(k, result)
+                done = k + 1
                 bar.advance()
+                yield result
+            yield from cached_until(len(tasks), done)
         return
     with dask_client(cfg.parallel.workers, cfg.parallel.scheduler) as client:
         n_workers = max(len(client.scheduler_info().get("workers", {})), cfg.parallel.workers, 1)
         window = 2 * n_workers
         pending: deque[Any] = deque()
-        queue = iter(enumerate(tasks))
-        with progress_bar(len(tasks), f"produce ({n_workers} workers)", enabled=progress) as bar:
+        queue = iter(todo)
+        with progress_bar(len(todo), f"produce ({n_workers} workers)", enabled=progress) as bar:
             for k, task in itertools.islice(queue, window):
-                pending.append(client.submit(produce_chunk, *task, pure=False, key=f"produce_chunk-{k}"))
+                pending.append((k, client.submit(produce_chunk, *task, pure=False, key=f"produce_chunk-{k}")))
+            done = 0
             while pending:
-                result = pending.popleft().result()  # re-raises a task's MlfastsimError unchanged
-                for k, task in itertools.islice(queue, 1):
-                    pending.append(client.submit(produce_chunk, *task, pure=False, key=f"produce_chunk-{k}"))
+                k, future = pending.popleft()
+                result = future.result()  # re-raises a task's MlfastsimError unchanged
+                cache.save(k, result)
+                for k_new, task in itertools.islice(queue, 1):
+                    pending.append((k_new, client.submit(produce_chunk, *task, pure=False,
+                                                         key=f"produce_chunk-{k_new}")))
                 bar.advance()
+                yield from cached_until(k, done)
+                done = k + 1
                 yield result
+            yield from cached_until(len(tasks), done)
 
 
 # ---------------------------------------------------------------------------------------------- reading

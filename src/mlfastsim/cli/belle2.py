@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from mlfastsim.cli.common import ConfigOpt, SetOpt
+from mlfastsim.cli.common import ConfigOpt, SchedulerOpt, SetOpt, WorkersOpt, parallel_cli
 from mlfastsim.core.config import load_config
 from mlfastsim.core.devices import parse_gpu_ids
 
@@ -25,8 +25,8 @@ def produce(
     chunk_size: Annotated[int | None, typer.Option(help="Events per task (fixes the per-chunk seeds).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     dec_file: Annotated[Path | None, typer.Option(help="EvtGen .DEC file (default: DECAY_BELLE2.DEC).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Local Dask workers (processes).")] = None,
-    scheduler: Annotated[str | None, typer.Option(help="Address of an existing Dask scheduler.")] = None,
+    workers: WorkersOpt = None,
+    scheduler: SchedulerOpt = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output HDF5 file.")] = None,
 ) -> None:
     """Generate Upsilon(4S) -> B Bbar events, run the expensive stage and the skim; write labelled tables."""
@@ -35,7 +35,7 @@ def produce(
 
     cfg = load_config(ProduceConfig, config, cli={
         "n_events": n_events, "chunk_size": chunk_size, "seed": seed, "dec_file": dec_file,
-        "parallel.workers": workers, "parallel.scheduler": scheduler, "output": output}, overrides=set_ or [])
+        **parallel_cli(workers, scheduler), "output": output}, overrides=set_ or [])
     s = run(cfg, progress=True)
     d = s["decay_table"]
     console.print(
@@ -57,17 +57,20 @@ def preprocess(
     max_tokens: Annotated[int | None, typer.Option(help="Decay-string tokens per event after padding.")] = None,
     dec_file: Annotated[Path | None, typer.Option(help="The .DEC file given to produce (token vocabulary).")]
     = None,
+    workers: WorkersOpt = None,
+    scheduler: SchedulerOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Normalise, one-hot and tokenise generator-level events into padded .npy arrays."""
+    """Normalise, one-hot and tokenise generator-level events into padded .npy arrays (one Dask task per
+    chunk of events with --workers/--scheduler; a finished output is skipped, a killed run resumes)."""
     from mlfastsim.belle2.config import PreprocessConfig
     from mlfastsim.belle2.preprocess import preprocess_file
 
     key_list = [k.strip() for item in keys for k in item.split(",") if k.strip()] if keys else None
     cfg = load_config(PreprocessConfig, config, cli={
         "input": input_, "output_dir": output_dir, "keys": key_list, "max_particles": max_particles,
-        "max_tokens": max_tokens, "dec_file": dec_file}, overrides=set_ or [])
+        "max_tokens": max_tokens, "dec_file": dec_file, **parallel_cli(workers, scheduler)}, overrides=set_ or [])
     s = preprocess_file(cfg, progress=True)
     console.print(
         f"[green]wrote[/] {cfg.output_dir}: {s['events']} events ({', '.join(s['keys'])}); truncated: "
@@ -130,10 +133,14 @@ def train(
         "model.name": model, "output_dir": output_dir, "tracking.dir": logdir, "trainer.max_steps": max_steps,
         "trainer.batch_size": batch_size, "trainer.learning_rate": learning_rate, "trainer.seed": seed,
         "device.gpu_ids": parse_gpu_ids(gpu_ids)}, overrides=set_ or [])
+    from mlfastsim.core import distributed as dist_utils
+
     _, s = train_from_config(cfg, resume=resume, progress=True)
-    console.print(f"[green]trained[/] {cfg.model.name}: {s['steps']} steps, best val loss {s['best_val_loss']:.4f}, "
-                  f"val AUC {s.get('val_auc', float('nan')):.4f}, {s['samples_per_s']:.0f} samples/s; "
-                  f"checkpoint {s['last_checkpoint']}")
+    if dist_utils.is_main():  # under torchrun: one summary line, from the rank that wrote the checkpoint
+        console.print(f"[green]trained[/] {cfg.model.name}: {s['steps']} steps, best val loss "
+                      f"{s['best_val_loss']:.4f}, val AUC {s.get('val_auc', float('nan')):.4f}, "
+                      f"{s['samples_per_s']:.0f} samples/s; checkpoint {s['last_checkpoint']}")
+    dist_utils.cleanup()
 
 
 @app.command()

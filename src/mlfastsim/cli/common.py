@@ -17,6 +17,20 @@ SetOpt = Annotated[
     typer.Option("--set", help="Override a config key: --set section.key=value (repeatable).", show_default=False),
 ]
 
+# Every data job (showers simulate/convert, lartpc simulate/make-batches, belle2 produce/preprocess) takes
+# these two, mapped onto its config's ``parallel:`` section (core.parallel.ParallelConfig).
+WorkersOpt = Annotated[int | None, typer.Option(help="Local Dask workers (processes).", show_default=False)]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(help="Address of an existing Dask scheduler (tcp://host:8786): dask-jobqueue, dask-kubernetes...",
+                 show_default=False),
+]
+
+
+def parallel_cli(workers: int | None, scheduler: str | None) -> dict[str, object]:
+    """The ``--workers``/``--scheduler`` flags as config keys for ``load_config(cli=...)``."""
+    return {"parallel.workers": workers, "parallel.scheduler": scheduler}
+
 
 def parse_floats(text: str | None, option: str) -> list[float] | None:
     """'1,10,100' -> [1.0, 10.0, 100.0]."""

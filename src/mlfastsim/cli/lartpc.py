@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from mlfastsim.cli.common import ConfigOpt, SetOpt
+from mlfastsim.cli.common import ConfigOpt, SchedulerOpt, SetOpt, WorkersOpt, parallel_cli
 from mlfastsim.core import distributed as dist_utils
 from mlfastsim.core.config import load_config
 from mlfastsim.core.errors import ConfigError
@@ -78,16 +78,20 @@ def make_batches(
     x_type: Annotated[str | None, typer.Option("--x-type", help="Features: wire, shared or both.")] = None,
     y_type: Annotated[str | None, typer.Option("--y-type", help="Truth: charge, or none for data.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo batches that already exist.")] = False,
+    workers: WorkersOpt = None,
+    scheduler: SchedulerOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Tile parsed events into sparse xy files (skips batches already written, so reruns resume)."""
+    """Tile parsed events into sparse xy files, one Dask task per batch (skips batches already written, so
+    reruns resume)."""
     from mlfastsim.lartpc.tiling import MakeBatchesConfig, process_xy
 
     cfg = load_config(MakeBatchesConfig, config, cli={
         "input_dir": input_dir, "output_dir": output_dir, "tpc": tpc, "batch_size": batch_size, "threads": threads,
         "downsample": parse_ints(downsample, "--downsample", 3), "save_pix": True if save_pix else None,
-        "x_type": x_type, "y_type": y_type, "overwrite": True if overwrite else None}, overrides=set_ or [])
+        "x_type": x_type, "y_type": y_type, "overwrite": True if overwrite else None,
+        **parallel_cli(workers, scheduler)}, overrides=set_ or [])
     s = process_xy(cfg, progress=_bars())
     console.print(f"[green]done[/] TPC {cfg.tpc}: {s.events} events in {s.batches_written} new xy file(s), "
                   f"{s.batches_skipped} skipped (already done), {s.empty_events} empty event(s) skipped; "

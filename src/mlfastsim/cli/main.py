@@ -11,7 +11,7 @@ import sys
 import typer
 
 from mlfastsim import __version__
-from mlfastsim.cli import belle2, demo, lartpc, showers
+from mlfastsim.cli import belle2, demo, deploy, lartpc, showers
 from mlfastsim.core.errors import MlfastsimError
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app.add_typer(showers.app, name="showers")
 app.add_typer(demo.app, name="demo")
 app.add_typer(belle2.app, name="belle2")
 app.add_typer(lartpc.app, name="lartpc")
+app.add_typer(deploy.app, name="deploy")
 
 _state = {"debug": False}
 

@@ -9,11 +9,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mlfastsim.cli.common import ConfigOpt, SetOpt, parse_floats, parse_range
+from mlfastsim.cli.common import (
+    ConfigOpt,
+    SchedulerOpt,
+    SetOpt,
+    WorkersOpt,
+    parallel_cli,
+    parse_floats,
+    parse_range,
+)
 from mlfastsim.core import distributed as dist_utils
 from mlfastsim.core.config import load_config
 from mlfastsim.core.errors import ConfigError
-from mlfastsim.core.io import ensure_writable_dir
 from mlfastsim.showers.config import ConvertConfig, SimulateConfig, ValidateConfig
 
 app = typer.Typer(help="Calorimeter showers: simulate, convert, validate.", no_args_is_help=True)
@@ -41,8 +48,8 @@ def simulate(
     = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     chunk_size: Annotated[int | None, typer.Option(help="Showers per task (fixes the per-chunk seeds).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Local Dask workers (processes).")] = None,
-    scheduler: Annotated[str | None, typer.Option(help="Address of an existing Dask scheduler.")] = None,
+    workers: WorkersOpt = None,
+    scheduler: SchedulerOpt = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output HDF5 file (native format).")] = None,
 ) -> None:
     """Simulate reference showers: electrons/photons (Grindhammer-Peters) or pions (two-component hadronic)."""
@@ -64,8 +71,7 @@ def simulate(
             "n_per_point": n_per_point,
             "seed": seed,
             "chunk_size": chunk_size,
-            "parallel.workers": workers,
-            "parallel.scheduler": scheduler,
+            **parallel_cli(workers, scheduler),
             "output": output,
         },
         overrides=set_ or [],
@@ -89,24 +95,25 @@ def convert(
     binning: Annotated[Path | None, typer.Option(help="CaloChallenge binning XML giving the mesh.")] = None,
     mesh: Annotated[str | None, typer.Option(help="Mesh preset or YAML (instead of --binning).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (directory for par04).")] = None,
+    workers: WorkersOpt = None,
+    scheduler: SchedulerOpt = None,
 ) -> None:
-    """Convert shower files between layouts (CaloChallenge, Par04, hits) and the native format."""
-    from mlfastsim.showers import formats
-    from mlfastsim.showers.pipeline import resolve_mesh
+    """Convert shower files between layouts (CaloChallenge, Par04, hits) and the native format.
+
+    One Dask task per input file with --workers/--scheduler; a finished output is skipped on a rerun."""
+    from mlfastsim.showers.pipeline import convert_to_file
 
     cfg = load_config(
         ConvertConfig,
         config,
         cli={"source_format": from_, "target_format": to, "inputs": [str(p) for p in inputs], "output": output,
-             "binning": binning, "mesh": mesh},
+             "binning": binning, "mesh": mesh, **parallel_cli(workers, scheduler)},
         overrides=set_ or [],
     )
-    if cfg.target_format not in formats.WRITERS:
-        raise ConfigError(f"unknown output layout {cfg.target_format!r}", field="--to",
-                          fix=f"use one of {', '.join(formats.WRITERS)}")
-    ensure_writable_dir(cfg.output.parent if cfg.target_format != "par04" else cfg.output)
-    data = formats.convert(cfg.source_format, cfg.inputs, mesh=resolve_mesh(cfg.mesh, cfg.binning))
-    formats.WRITERS[cfg.target_format](data, cfg.output)
+    data, skipped = convert_to_file(cfg, progress=True)
+    if data is None or skipped:
+        console.print(f"[green]done[/] {cfg.output} is up to date (same inputs and settings): nothing to do")
+        return
     console.print(f"[green]wrote[/] {cfg.output}: {len(data)} showers, {data.mesh.describe()} mesh")
 
 

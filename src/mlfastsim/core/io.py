@@ -49,6 +49,11 @@ def _umask() -> int:
     return mask
 
 
+def plain_file_mode() -> int:
+    """The permissions ``open()`` would give a new file (0666 & ~umask), for files created another way."""
+    return 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(destination: str | Path, *, what: str = "output") -> Iterator[Path]:
     """Yield a temporary path next to ``destination``; rename it into place only on success.

@@ -19,12 +19,15 @@ Data parallel
 -------------
 Under ``torchrun`` (see :mod:`mlfastsim.core.distributed`) every rank takes an equal slice of the same
 global batch and the task's modules are wrapped in DistributedDataParallel, which averages gradients:
-with a loss that is a mean over the batch this is the single-process update on the global batch.
+with a loss that is a mean over the batch this is the single-process update on the global batch.  Batch
+norm layers normalise over the global batch and batch noise is drawn per global sample (both in
+:mod:`mlfastsim.core.distributed`), so N processes follow one process's loss curve within float rounding.
 Only rank 0 writes checkpoints and metrics.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -73,6 +76,9 @@ class TrainerConfig(StrictModel):
     plot_freq: int = Field(0, ge=0)  # 0 = no plot hooks
     early_stopping_patience: int = Field(0, ge=0)  # evaluations without improvement; 0 = off
     seed: int = 0
+    # under torchrun: batch norm over the global batch (one all-reduce per layer and step; the result of one
+    # process) or over each rank's slice (cheaper, the usual DDP default, statistics of a smaller batch)
+    sync_batch_norm: bool = True
 
 
 @runtime_checkable
@@ -378,8 +384,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _wrap_for_ddp(self) -> None:
+        """Prepare the task for data parallelism: global-batch batch norm, then the task's ``wrap``.
+
+        ``wrap`` receives a function that wraps a module in DDP; a task that cannot use DDP (the GANs'
+        double backward) or splits work another way (meta-learning splits tasks) takes it and ignores it,
+        averaging gradients itself with :func:`~mlfastsim.core.distributed.all_reduce_grads`.
+        """
         if not dist_utils.is_distributed():
             return
+        if self.cfg.sync_batch_norm:
+            for module in self.task.modules().values():
+                dist_utils.convert_batch_norm(module)
         wrap = getattr(self.task, "wrap", None)
         if not callable(wrap):
             raise ConfigError("this model does not support data-parallel training", field="torchrun",
@@ -403,10 +418,14 @@ class Trainer:
         patience = self.cfg.early_stopping_patience
         stopped_early = bool(patience and self.bad_evals >= patience)
         last_ckpt: Path | None = start
+        # batches split over ranks: noise drawn per global-batch sample (dist_utils.batch_randn_like)
+        sharded = (dist_utils.sharded_batch if self.train_data is not None and self.world > 1
+                   else contextlib.nullcontext)
         with progress_bar(self.total_steps, self.description, enabled=self.progress) as bar:
             bar.advance(self.step)
             while self.step < self.total_steps and not stopped_early:
-                logs = self.task.train_step(self._batch(self.step), self.step)
+                with sharded():
+                    logs = self.task.train_step(self._batch(self.step), self.step)
                 self.step += 1
                 for k, v in logs.items():
                     self.window[k] = self.window.get(k, 0.0) + v

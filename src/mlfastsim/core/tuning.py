@@ -12,8 +12,9 @@ So a search space is plain YAML next to the config it tunes::
       model.encoder_sizes: {type: categorical, choices: [[100, 50, 20, 14], [200, 100, 50, 14]]}
 
 Trials live in an RDB storage (sqlite next to the outputs by default; any SQLAlchemy URL such as
-``postgresql://...`` for many machines), created with ``load_if_exists`` so that several processes given
-the same storage and study name share one study: each runs ``n_trials`` of it.  The objective reports
+``postgresql://...`` for many machines) or an Optuna journal file (``journal:///path/study.log``, for
+workers on a shared disk), created with ``load_if_exists`` so that several processes given the same
+storage and study name share one study: each runs ``n_trials`` of it.  The objective reports
 its validation metric at every evaluation; a pruner compares the curve with the other trials' and stops
 a hopeless trial early.  At the end ``output_dir`` holds ``study.json`` (every trial), ``best_config.yaml``
 (the base config with the best trial's values) and ``optimization_history.png``.
@@ -213,7 +214,7 @@ class TuneConfig(StrictModel):
     overrides: list[str] = Field(default_factory=list)  # applied to every trial, e.g. trainer.max_steps=200
     n_trials: int = Field(20, ge=1)  # trials run by *this* process (several processes may share a study)
     timeout_s: float | None = Field(None, gt=0)
-    storage: str | None = None  # SQLAlchemy URL; None = sqlite:///<output_dir>/optuna.db
+    storage: str | None = None  # SQLAlchemy URL or journal:///file.log; None = sqlite:///<output_dir>/optuna.db
     study_name: str = Field("mlfastsim", min_length=1)
     direction: Literal["minimize", "maximize"] = "minimize"
     metric: str = "loss"  # the validation metric the objective reports and returns
@@ -270,6 +271,8 @@ def _open_study(cfg: TuneConfig, sampler: optuna.samplers.BaseSampler, pruner: o
     import sqlalchemy.exc
 
     url = cfg.storage_url()
+    if url.startswith(JOURNAL_PREFIX):
+        return _open_journal_study(cfg, url, sampler, pruner)
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         # several processes share one sqlite file: wait for the lock instead of failing at once
@@ -298,6 +301,33 @@ def _open_study(cfg: TuneConfig, sampler: optuna.samplers.BaseSampler, pruner: o
     detail = str(last_exc).splitlines()[0][:160] if last_exc else "unknown error"
     raise ConfigError(f"cannot open Optuna storage {_safe_url(url)} ({detail})", field="--storage", fix=fix) \
         from last_exc
+
+
+JOURNAL_PREFIX = "journal:///"
+
+
+def _open_journal_study(cfg: TuneConfig, url: str, sampler: optuna.samplers.BaseSampler,
+                        pruner: optuna.pruners.BasePruner) -> optuna.Study:
+    """A study in an Optuna journal file (``journal:///path/study.log``).
+
+    Why: a journal is one append-only file with file locks, no database server and none of sqlite's
+    lock timeouts under many writers, so it is the simplest storage for workers sharing a network disk
+    (a Slurm array job); PostgreSQL is the choice across machines without a shared disk.
+    """
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(url[len(JOURNAL_PREFIX) - 1 :])  # keep the leading "/" of an absolute path
+    if not path.parent.is_dir():
+        raise ConfigError(f"cannot open Optuna journal {path} (no directory {path.parent})", field="--storage",
+                          fix="give journal:///path/in/an/existing/dir/study.log")
+    try:
+        storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        return optuna.create_study(storage=storage, sampler=sampler, pruner=pruner, study_name=cfg.study_name,
+                                   direction=cfg.direction, load_if_exists=True)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot open Optuna journal {path} ({str(exc).splitlines()[0][:160]})",
+                          field="--storage", fix="give journal:///path/to/a/writable/study.log") from exc
 
 
 def _make_pruner(cfg: TuneConfig) -> optuna.pruners.BasePruner:

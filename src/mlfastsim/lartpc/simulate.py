@@ -259,14 +259,37 @@ def simulate_chunk(cfg_json: str, first: int, n: int) -> dict[str, int]:
 
 
 def simulate_to_dir(cfg: SimulateConfig, *, progress: bool = True) -> dict[str, int]:
-    """Write ``n_events x len(tpc_ids)`` parsed files; every event has its own seed (worker-independent)."""
-    ensure_writable_dir(cfg.output_dir)
+    """Write ``n_events x len(tpc_ids)`` parsed files; every event has its own seed (worker-independent).
+
+    Idempotent like every data job (:mod:`mlfastsim.core.parallel`): a directory finished with the same
+    settings is not simulated again, and a killed run resumes from its finished chunks.
+    """
+    from mlfastsim.core.parallel import (
+        TaskCache,
+        cache_dir_for,
+        clear_done,
+        config_fingerprint,
+        done_info,
+        is_done,
+        mark_done,
+    )
+
+    # absolute: a Dask worker's working directory is not ours
+    out = ensure_writable_dir(cfg.output_dir).resolve()
+    cfg = cfg.model_copy(update={"output_dir": out})
+    fingerprint = config_fingerprint(cfg)
+    if is_done(out, fingerprint) and done_info(out):
+        return {k: int(v) for k, v in done_info(out).items()}
+    cache = TaskCache(cache_dir_for(out), fingerprint)
     text = cfg.model_dump_json()
     tasks = [(text, s, min(cfg.chunk_size, cfg.n_events - s)) for s in range(0, cfg.n_events, cfg.chunk_size)]
     results = run_tasks(simulate_chunk, tasks, workers=cfg.parallel.workers, scheduler=cfg.parallel.scheduler,
-                        description="lartpc simulate", progress=progress)
+                        description="lartpc simulate", progress=progress, cache=cache)
     total: dict[str, int] = {}
     for r in results:
         for k, v in r.items():
             total[k] = total.get(k, 0) + v
+    clear_done(out)
+    mark_done(out, fingerprint, total)
+    cache.clear()
     return total

@@ -32,6 +32,7 @@ import mlfastsim.core.numba_setup  # noqa: F401  (threading layer before the ker
 from mlfastsim.core.config import StrictModel
 from mlfastsim.core.errors import ConfigError, DataError, InputFileError
 from mlfastsim.core.io import atomic_path, ensure_writable_dir, open_h5
+from mlfastsim.core.parallel import ParallelConfig
 from mlfastsim.core.progress import progress_bar
 from mlfastsim.lartpc.geometry import N_PLANES, TPCGeometry
 
@@ -55,6 +56,7 @@ class MakeBatchesConfig(StrictModel):
     x_type: XType = "wire"
     y_type: YType = "charge"
     overwrite: bool = False
+    parallel: ParallelConfig = ParallelConfig()  # batches on Dask: --workers N or --scheduler ADDRESS
 
     @field_validator("downsample")
     @classmethod
@@ -438,77 +440,111 @@ def _done(path: Path, sources: list[str], cfg: MakeBatchesConfig) -> bool:
 
 
 def process_xy(cfg: MakeBatchesConfig, *, progress: bool = True) -> BatchStats:
-    """Parsed files of one TPC -> xy files of ``batch_size`` events; finished batches are skipped."""
+    """Parsed files of one TPC -> xy files of ``batch_size`` events; finished batches are skipped.
+
+    Batches are independent tasks (:func:`_make_batch`), run serially or on Dask (``cfg.parallel``): each
+    output is a pure function of its input files and written atomically, so the files are byte-identical
+    whatever the worker count, and a rerun after a killed run redoes only the batches not yet on disk.
+    """
+    from mlfastsim.core.parallel import run_tasks
+
     numba.set_num_threads(min(cfg.threads, numba.config.NUMBA_NUM_THREADS))
-    files = list_parsed(cfg.input_dir, cfg.tpc)
-    out_dir = ensure_writable_dir(cfg.output_dir)
+    # absolute paths: a Dask worker's working directory is not ours
+    files = [p.resolve() for p in list_parsed(cfg.input_dir, cfg.tpc)]
+    out_dir = ensure_writable_dir(cfg.output_dir).resolve()
     for path in files:
         check_parsed_header(path, need_truth=cfg.y_type != "none")
     stats = BatchStats(files_in=len(files))
-    index: TileIndex | None = None
-    ghosts = total = 0
     t0 = time.perf_counter()
     batches = [files[i:i + cfg.batch_size] for i in range(0, len(files), cfg.batch_size)]
-    with progress_bar(len(files), f"make-batches tpc {cfg.tpc}", enabled=progress) as bar:
-        for b, group in enumerate(batches):
-            dest = out_dir / xy_name(cfg.tpc, b)
-            sources = [p.name for p in group]
-            if _done(dest, sources, cfg):
-                stats.batches_skipped += 1
-                bar.advance(len(group))
-                continue
-            events, pix = [], []
-            geometry = None
-            tpc_index = 0
-            for path in group:
-                ev = read_parsed(path)
-                if geometry is None:
-                    geometry, tpc_index = ev.geometry, ev.tpc_index
-                elif ev.geometry != geometry:
-                    raise DataError("geometry differs from the other files of this TPC", file=path,
-                                    field="attrs.geometry", fix="tile files of one detector together")
-                if index is None or index.geometry != ev.geometry:
-                    index = TileIndex(ev.geometry)
-                if not any(w.any() for w in ev.waveforms):
-                    stats.empty_events += 1
-                    bar.advance()
-                    continue
-                t = tile(ev.waveforms, index)
-                if len(t.coords) == 0:
-                    stats.empty_events += 1
-                    bar.advance()
-                    continue
-                feats, reduce = _features(t, cfg.x_type)
-                charge = None
-                if cfg.y_type != "none":
-                    charge, lost_n, lost_q = truth_on_tiles(t, ev.true_coords, ev.true_charge, ev.geometry)
-                    stats.lost_true_voxels += lost_n
-                    stats.lost_true_charge += lost_q
-                    ghosts += int((charge == 0).sum())
-                    total += len(charge)
-                c, f_, q = downsample(t.coords, feats, charge, cfg.downsample, reduce)
-                events.append(XYEvent(ev.event_id, c, f_, q))
-                if cfg.save_pix:
-                    pix.append((ev.event_id, ev.waveforms))
-                stats.events += 1
-                bar.advance()
-            assert geometry is not None  # every batch holds at least one file
-            ds = np.asarray(cfg.downsample)
-            grid = -(-np.asarray(geometry.grid_shape) // ds)
-            origin = np.array([0, 0, tpc_index * grid[2]])  # TPCs side by side along z
-            attrs = {"version": XY_VERSION, "tpcs": [cfg.tpc], "downsample": list(cfg.downsample),
-                     "x_type": cfg.x_type, "y_type": cfg.y_type, "grid_shape": grid.tolist(),
-                     "origin_vox": origin.tolist(), "feature_names": feature_names(cfg.x_type), "sources": sources,
-                     "geometry": json.loads(geometry.to_json()), "batch_size": cfg.batch_size}
-            write_xy(dest, events, attrs)
-            if cfg.save_pix:
-                write_pix(out_dir / dest.name.replace("xy_", "pix_"), pix)
-            stats.batches_written += 1
-            stats.outputs.append(dest)
+    todo = []
+    for b, group in enumerate(batches):
+        if _done(out_dir / xy_name(cfg.tpc, b), [p.name for p in group], cfg):
+            stats.batches_skipped += 1
+        else:
+            todo.append((cfg, b, group, out_dir))
+    parts = run_tasks(_make_batch, todo, workers=cfg.parallel.workers, scheduler=cfg.parallel.scheduler,
+                      description=f"make-batches tpc {cfg.tpc}", progress=progress)
+    ghosts = total = 0
+    for part in parts:
+        stats.events += part["events"]
+        stats.empty_events += part["empty_events"]
+        stats.lost_true_voxels += part["lost_true_voxels"]
+        stats.lost_true_charge += part["lost_true_charge"]
+        ghosts += part["ghosts"]
+        total += part["tiled"]
+        stats.batches_written += 1
+        stats.outputs.append(part["output"])
     stats.seconds = time.perf_counter() - t0
     stats.events_per_second = stats.events / stats.seconds if stats.seconds > 0 else 0.0
     stats.ghost_fraction = ghosts / total if total else 0.0
     return stats
+
+
+_TILE_INDEX: dict[str, TileIndex] = {}
+
+
+def _tile_index(geometry: TPCGeometry) -> TileIndex:
+    """One wire-crossing index per geometry and process (building it costs more than tiling an event)."""
+    key = geometry.to_json()
+    if key not in _TILE_INDEX:
+        _TILE_INDEX.clear()  # one detector at a time in practice: keep memory bounded
+        _TILE_INDEX[key] = TileIndex(geometry)
+    return _TILE_INDEX[key]
+
+
+def _make_batch(cfg: MakeBatchesConfig, b: int, group: list[Path], out_dir: Path) -> dict:
+    """Tile the parsed files of batch ``b`` and write its xy (and pixel) file; return its counts.
+
+    A task of :func:`process_xy`: a pure function of its arguments, run here or on a Dask worker.
+    """
+    numba.set_num_threads(min(cfg.threads, numba.config.NUMBA_NUM_THREADS))
+    dest = out_dir / xy_name(cfg.tpc, b)
+    counts = {"events": 0, "empty_events": 0, "lost_true_voxels": 0, "lost_true_charge": 0.0, "ghosts": 0,
+              "tiled": 0, "output": dest}
+    events, pix = [], []
+    geometry = None
+    tpc_index = 0
+    for path in group:
+        ev = read_parsed(path)
+        if geometry is None:
+            geometry, tpc_index = ev.geometry, ev.tpc_index
+        elif ev.geometry != geometry:
+            raise DataError("geometry differs from the other files of this TPC", file=path,
+                            field="attrs.geometry", fix="tile files of one detector together")
+        if not any(w.any() for w in ev.waveforms):
+            counts["empty_events"] += 1
+            continue
+        t = tile(ev.waveforms, _tile_index(ev.geometry))
+        if len(t.coords) == 0:
+            counts["empty_events"] += 1
+            continue
+        feats, reduce = _features(t, cfg.x_type)
+        charge = None
+        if cfg.y_type != "none":
+            charge, lost_n, lost_q = truth_on_tiles(t, ev.true_coords, ev.true_charge, ev.geometry)
+            counts["lost_true_voxels"] += lost_n
+            counts["lost_true_charge"] += lost_q
+            counts["ghosts"] += int((charge == 0).sum())
+            counts["tiled"] += len(charge)
+        c, f_, q = downsample(t.coords, feats, charge, cfg.downsample, reduce)
+        events.append(XYEvent(ev.event_id, c, f_, q))
+        if cfg.save_pix:
+            pix.append((ev.event_id, ev.waveforms))
+        counts["events"] += 1
+    assert geometry is not None  # every batch holds at least one file
+    ds = np.asarray(cfg.downsample)
+    grid = -(-np.asarray(geometry.grid_shape) // ds)
+    origin = np.array([0, 0, tpc_index * grid[2]])  # TPCs side by side along z
+    attrs = {"version": XY_VERSION, "tpcs": [cfg.tpc], "downsample": list(cfg.downsample),
+             "x_type": cfg.x_type, "y_type": cfg.y_type, "grid_shape": grid.tolist(),
+             "origin_vox": origin.tolist(), "feature_names": feature_names(cfg.x_type),
+             "sources": [p.name for p in group], "geometry": json.loads(geometry.to_json()),
+             "batch_size": cfg.batch_size}
+    write_xy(dest, events, attrs)
+    if cfg.save_pix:
+        write_pix(out_dir / dest.name.replace("xy_", "pix_"), pix)
+    return counts
 
 
 def write_pix(path: Path, pix: list[tuple[int, list[np.ndarray]]]) -> None:

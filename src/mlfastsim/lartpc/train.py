@@ -125,8 +125,9 @@ class LArTPCTask:
     def wrap(self, wrapper: Callable[[nn.Module], nn.Module]) -> None:
         """Train through ``wrapper(model)`` (DDP under torchrun); states and inference use the plain model.
 
-        Each rank's loss is the mean over its own events' voxels, so with uneven voxel counts the averaged
-        gradient weights ranks equally rather than voxels: close to, not bit-equal with, one process.
+        Each rank's loss is the mean over its own events' voxels; :meth:`train_step` rescales it by the
+        rank's share of the global voxel count, so DDP's gradient average is the mean over every voxel of
+        the global batch, as in one process (batch norm is global too, see the core trainer).
         """
         self.forward_model = wrapper(self.model)
 
@@ -139,18 +140,22 @@ class LArTPCTask:
     def schedulers(self) -> dict[str, Any]:
         return {}
 
-    def _loss(self, idx: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    def _loss(self, idx: torch.Tensor, model: nn.Module) -> tuple[torch.Tensor, int]:
+        """Mean loss over the voxels of events ``idx``, and how many voxels that is."""
         x, charge = self.train.batch(idx, self.cfg.model.spatial_size)
         assert charge is not None
         out = model(x)
         t = targets(charge, self.cfg.model.type, self.cfg.data.threshold, self.cfg.data.input_scale)
-        return self.loss_fn(out, t)
+        return self.loss_fn(out, t), int(x.n)
 
     def train_step(self, batch: tuple[torch.Tensor, ...] | None, step: int) -> dict[str, float]:
         assert batch is not None
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self._loss(batch[0], self.forward_model)
+        loss, n_voxels = self._loss(batch[0], self.forward_model)
+        if dist_utils.is_distributed():
+            # weight = this rank's share of the global batch's voxels, times world (DDP divides by world)
+            loss = loss * (n_voxels * dist_utils.world_size() / dist_utils.all_reduce_sum(float(n_voxels)))
         loss.backward()
         self.optimizer.step()
         return {"loss": float(loss.detach())}
@@ -158,7 +163,7 @@ class LArTPCTask:
     @torch.no_grad()
     def eval_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, float]:
         self.model.eval()
-        return {"loss": float(self._loss(batch[0], self.model))}
+        return {"loss": float(self._loss(batch[0], self.model)[0])}
 
     def extra_state(self) -> dict[str, Any]:
         return {"summaries": [dict(r) for r in self.summaries]}

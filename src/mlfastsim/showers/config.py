@@ -52,6 +52,7 @@ class ConvertConfig(StrictModel):
     output: Path = Path("converted.h5")
     mesh: str | None = None
     binning: Path | None = None
+    parallel: ParallelConfig = ParallelConfig()  # one Dask task per input file
 
 
 class ValidateConfig(StrictModel):

@@ -657,3 +657,34 @@ def write(to_format: str, data: ShowerData, out: str | Path, **options: Any) -> 
     given = {k: v for k, v in options.items() if v is not None}
     _check_options(writer, to_format, given)
     return writer(data, out, **given)
+
+
+# ------------------------------------------------------------------------------ file-parallel reading
+def read_input_part(source_format: str, path: str | Path, mesh: Mesh | None, options: dict[str, Any]) -> Any:
+    """Read one input file of a conversion: a task of a parallel ``showers convert`` (one per file).
+
+    Returns what :func:`combine_parts` joins: a :class:`ShowerData`, or for hits the voxelisation parts
+    (showers, outside-mesh counts, normal), so the joined result equals reading all files at once.
+    """
+    if source_format == "hits":
+        from mlfastsim.showers.voxelise import DEFAULT_CHUNK_HITS, read_hits_part
+
+        if mesh is None:
+            read_hits_files([path], mesh=None)  # raises the reader's own "needs a mesh" error
+        return read_hits_part(path, mesh, chunk_hits=options.get("chunk_hits") or DEFAULT_CHUNK_HITS)
+    return convert(source_format, [path], mesh=mesh, **options)
+
+
+def combine_parts(source_format: str, parts: Sequence[Any], paths: Sequence[Path]) -> ShowerData:
+    """Join per-file parts in file order exactly as the format's reader joins its files.
+
+    Par04 sorts by (angle, energy) with a stable sort, so sorting the concatenation of per-file sorted
+    parts gives the same order as sorting the concatenation of the raw files.
+    """
+    if source_format == "hits":
+        from mlfastsim.showers.voxelise import combine_hits
+
+        return combine_hits(parts, paths)
+    data = concat_showers(list(parts), list(paths))
+    return sort_by_angle_energy(data) if source_format == "par04" else data
+

@@ -213,43 +213,72 @@ class MetaTask:
             return torch.optim.SGD(self.fast.parameters(), lr=self.cfg.inner_lr)
         return torch.optim.Adam(self.fast.parameters(), lr=self.cfg.inner_lr)
 
+    def wrap(self, wrapper: Any) -> None:
+        """Data parallel by task, not by batch: under torchrun each rank adapts its share of the step's tasks
+        and :meth:`train_step` sums the results over ranks, so the DDP ``wrapper`` is not used."""
+
     # --- one meta-step
+    def _plan(self) -> list[tuple[int, list[Batch], Batch | None, int]]:
+        """Every random choice of a meta-step, drawn up front from the task generator in one fixed order.
+
+        Per sampled task: its index, the inner batches, the FOMAML query batch and a seed for the model's
+        own noise (VAE reparameterisation).  Every rank draws the whole plan, so the generator stays in step
+        on all ranks and a task's work does not depend on which rank does it or on how many ranks there are.
+        """
+        plan = []
+        for t in self.sample_tasks():
+            task = self.tasks[t]
+            inner = [self.sample_batch(task) for _ in range(self.cfg.inner_steps)]
+            query = self.sample_batch(task) if self.outer is not None else None
+            noise_seed = int(torch.randint(2**62, (1,), generator=self.generator))
+            plan.append((t, inner, query, noise_seed))
+        return plan
+
     def train_step(self, batch: Batch | None, step: int) -> dict[str, float]:
-        """Adapt a copy to each sampled task, then move the meta-weights (Reptile) or step them (FOMAML)."""
+        """Adapt a copy to each sampled task, then move the meta-weights (Reptile) or step them (FOMAML).
+
+        Under torchrun rank r adapts tasks r, r + world, ... of the plan; the sums of adapted weights, query
+        gradients and losses are all-reduced, so every rank applies the same update as one process would.
+        """
         meta_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         adapted_sum = {k: torch.zeros_like(v) for k, v in meta_state.items() if v.is_floating_point()}
         counters: dict[str, torch.Tensor] = {}
         params = [p for p in self.model.parameters()]
         query_grads = [torch.zeros_like(p) for p in params] if self.outer is not None else []
-        first_losses, last_losses, query_losses = [], [], []
-        chosen = self.sample_tasks()
-        for t in chosen:
-            task = self.tasks[t]
+        # [sum of first losses, sum of last losses, sum of query losses]
+        loss_sums = torch.zeros(3, dtype=torch.float64)
+        plan = self._plan()
+        rank, world = dist_utils.rank(), dist_utils.world_size()
+        for _task, inner, query, noise_seed in plan[rank::world]:
             self.fast.load_state_dict(meta_state)
             self.fast.train()
             opt = self._inner_optimizer()
-            for i in range(self.cfg.inner_steps):
-                opt.zero_grad(set_to_none=True)
-                loss = self.loss_fn(self.fast, self.sample_batch(task))["loss"]
-                loss.backward()
-                opt.step()
-                if i == 0:
-                    first_losses.append(float(loss.detach()))
-                last = float(loss.detach())
-            last_losses.append(last)
-            if self.outer is not None:
-                self.fast.zero_grad(set_to_none=True)
-                query = self.loss_fn(self.fast, self.sample_batch(task))["loss"]
-                query.backward()
-                query_losses.append(float(query.detach()))
-                for acc, p in zip(query_grads, self.fast.parameters(), strict=True):
-                    if p.grad is not None:
-                        acc += p.grad
+            with _forked_rng(self.device):
+                torch.manual_seed(noise_seed)
+                for i, inner_batch in enumerate(inner):
+                    opt.zero_grad(set_to_none=True)
+                    loss = self.loss_fn(self.fast, inner_batch)["loss"]
+                    loss.backward()
+                    opt.step()
+                    if i == 0:
+                        loss_sums[0] += float(loss.detach())
+                    last = float(loss.detach())
+                loss_sums[1] += last
+                if query is not None:
+                    self.fast.zero_grad(set_to_none=True)
+                    q = self.loss_fn(self.fast, query)["loss"]
+                    q.backward()
+                    loss_sums[2] += float(q.detach())
+                    for acc, p in zip(query_grads, self.fast.parameters(), strict=True):
+                        if p.grad is not None:
+                            acc += p.grad
             adapted = self.fast.state_dict()
             for k, acc in adapted_sum.items():
                 acc += adapted[k]
             counters.update({k: v.clone() for k, v in adapted.items() if not v.is_floating_point()})
-        n = float(len(chosen))
+        if dist_utils.is_distributed():
+            self._all_reduce_step(adapted_sum, query_grads, loss_sums, counters, meta_state)
+        n = float(len(plan))
         lr = self.cfg.meta_lr
         with torch.no_grad():
             param_names = {name for name, _ in self.model.named_parameters()}
@@ -267,10 +296,26 @@ class MetaTask:
             for p, g in zip(params, query_grads, strict=True):
                 p.grad = g / n
             self.outer.step()
-        logs = {"loss": float(np.mean(first_losses)), "adapted_loss": float(np.mean(last_losses))}
-        if query_losses:
-            logs["query_loss"] = float(np.mean(query_losses))
+        sums = loss_sums.tolist()
+        logs = {"loss": sums[0] / n, "adapted_loss": sums[1] / n}
+        if self.outer is not None:
+            logs["query_loss"] = sums[2] / n
         return logs
+
+    @staticmethod
+    def _all_reduce_step(adapted_sum: dict[str, torch.Tensor], query_grads: list[torch.Tensor],
+                         loss_sums: torch.Tensor, counters: dict[str, torch.Tensor],
+                         meta_state: dict[str, torch.Tensor]) -> None:
+        """Sum the per-rank partial results in place; integer counters come from rank 0 (it always has a task)."""
+        import torch.distributed as dist
+
+        for acc in (*adapted_sum.values(), *query_grads, loss_sums):
+            dist.all_reduce(acc)
+        for k, v in meta_state.items():
+            if not v.is_floating_point():
+                c = counters.get(k, v).clone()
+                dist.broadcast(c, src=0)
+                counters[k] = c
 
     @torch.no_grad()
     def eval_step(self, batch: Batch) -> dict[str, float]:
@@ -344,10 +389,11 @@ def meta_train(cfg: MetaConfig, *, resume: bool | str | Path = False, progress: 
 
     Checkpoints carry the model metadata (:func:`~mlfastsim.showers.models.model_meta`), so
     :func:`~mlfastsim.showers.models.load_model`, ``adapt``, ``generate`` and ``export`` read them like
-    any other shower checkpoint.  Meta-training runs in one process (each meta-step is a sequence of tiny
-    inner loops; there is no batch to split across ranks).
+    any other shower checkpoint.  Under torchrun the tasks of each meta-step are split over the ranks
+    (:meth:`MetaTask.train_step`); only rank 0 writes.
     """
     device = select_device(cfg.device)
+    dist_utils.init_distributed(device)
     spec = get_model_spec(cfg.model.type)
     tasks, mesh = load_tasks(cfg.data, seed=cfg.seed, device=device)
     torch.manual_seed(cfg.seed)

@@ -13,9 +13,18 @@ import numpy as np
 
 from mlfastsim.core.config import dump_config
 from mlfastsim.core.io import atomic_write_text, ensure_writable_dir
-from mlfastsim.core.parallel import run_tasks
+from mlfastsim.core.parallel import (
+    ParallelConfig,
+    TaskCache,
+    cache_dir_for,
+    clear_done,
+    config_fingerprint,
+    is_done,
+    mark_done,
+    run_tasks,
+)
 from mlfastsim.core.tracking import tracker_from_config
-from mlfastsim.showers.config import SimulateConfig, ValidateConfig
+from mlfastsim.showers.config import ConvertConfig, SimulateConfig, ValidateConfig
 from mlfastsim.showers.formats import ShowerData, read_native, write_native
 from mlfastsim.showers.geometry import CylindricalMesh, load_detector, load_mesh, read_binning_xml
 
@@ -29,12 +38,26 @@ def resolve_mesh(mesh: str | None, binning: Path | None) -> CylindricalMesh | No
     return None
 
 
+def _recorded_config(cfg: SimulateConfig) -> str:
+    """The config stored in the file, without the parallel settings: they cannot change a single byte of
+    the showers (per-chunk seeds), so files made with 1 or 64 workers are identical."""
+    return dump_config(cfg.model_copy(update={"parallel": ParallelConfig()}))
+
+
 def simulate_to_file(cfg: SimulateConfig, *, progress: bool = False) -> ShowerData:
-    """Run the reference simulator as configured (serially or on Dask) and write the native file."""
+    """Run the reference simulator as configured (serially or on Dask) and write the native file.
+
+    Idempotent: an output finished by the same settings is read back instead of simulated again, and a
+    run killed midway resumes from its finished chunks (``.NAME.parts`` beside the output; see
+    :mod:`mlfastsim.core.parallel`).
+    """
     from mlfastsim.showers.simulate import make_kinematics
 
+    fingerprint = config_fingerprint(cfg)
+    if is_done(cfg.output, fingerprint):
+        return read_native(cfg.output)
     if cfg.particle == "pion":
-        return _simulate_pions_to_file(cfg, progress=progress)
+        return _simulate_pions_to_file(cfg, fingerprint, progress=progress)
     detector = load_detector(cfg.detector)
     mesh = load_mesh(cfg.mesh)
     ensure_writable_dir(cfg.output.parent if str(cfg.output.parent) else Path("."))
@@ -58,6 +81,7 @@ def simulate_to_file(cfg: SimulateConfig, *, progress: bool = False) -> ShowerDa
         scheduler=cfg.parallel.scheduler,
         description=f"simulating {len(energies)} showers ({detector.name})",
         progress=progress,
+        cache=(cache := TaskCache(cache_dir_for(cfg.output), fingerprint)),
     )
     data = ShowerData(
         energies=energies,
@@ -69,14 +93,22 @@ def simulate_to_file(cfg: SimulateConfig, *, progress: bool = False) -> ShowerDa
             "particle": cfg.particle,
             "seed": cfg.seed,
             "simulator": "gflash-gp",
-            "config": dump_config(cfg),
+            "config": _recorded_config(cfg),
         },
     )
-    write_native(data, cfg.output)
+    _write_done(data, cfg.output, fingerprint, cache)
     return data
 
 
-def _simulate_pions_to_file(cfg: SimulateConfig, *, progress: bool) -> ShowerData:
+def _write_done(data: ShowerData, output: Path, fingerprint: str, cache: TaskCache) -> None:
+    """Write the native file atomically, mark it finished, then drop the chunk cache."""
+    clear_done(output)
+    write_native(data, output)
+    mark_done(output, fingerprint)
+    cache.clear()
+
+
+def _simulate_pions_to_file(cfg: SimulateConfig, fingerprint: str, *, progress: bool) -> ShowerData:
     """Charged pions on a Cartesian grid with the reference hadron simulator, chunks farmed out to Dask.
 
     Shower i draws from the stream (seed, i) whatever chunk it lands in, so the file is identical for
@@ -105,12 +137,50 @@ def _simulate_pions_to_file(cfg: SimulateConfig, *, progress: bool) -> ShowerDat
         [(energies[lo : lo + cfg.chunk_size], grid, calo, cfg.seed, lo) for lo in starts],
         workers=cfg.parallel.workers, scheduler=cfg.parallel.scheduler,
         description=f"simulating {len(energies)} pion showers ({calo.name})", progress=progress,
+        cache=(cache := TaskCache(cache_dir_for(cfg.output), fingerprint)),
     )
     data = ShowerData(energies=energies, showers=np.concatenate(chunks, axis=0), mesh=grid, angles=angles,
                       meta={"particle": PARTICLE, "calorimeter": calo.to_dict(), "seed": cfg.seed,
-                            "simulator": SIMULATOR_NAME, "config": dump_config(cfg)})
-    write_native(data, cfg.output)
+                            "simulator": SIMULATOR_NAME, "config": _recorded_config(cfg)})
+    _write_done(data, cfg.output, fingerprint, cache)
     return data
+
+
+def convert_to_file(cfg: ConvertConfig, *, progress: bool = False) -> tuple[ShowerData | None, bool]:
+    """``showers convert``: read every input (one task per file, serially or on Dask), join, write.
+
+    Returns the data written (None when skipped) and whether the output was already finished by the same
+    inputs and settings (then nothing is read or written).  A killed run resumes from the files already
+    read (``.NAME.parts`` beside the output); the output is identical whatever the worker count.
+    """
+    from mlfastsim.core.errors import ConfigError
+    from mlfastsim.core.parallel import file_signatures
+    from mlfastsim.showers import formats
+
+    if cfg.target_format not in formats.WRITERS:
+        raise ConfigError(f"unknown output layout {cfg.target_format!r}", field="--to",
+                          fix=f"use one of {', '.join(formats.WRITERS)}")
+    formats.get_reader(cfg.source_format)
+    ensure_writable_dir(cfg.output.parent if cfg.target_format != "par04" else cfg.output)
+    # absolute paths for the tasks (a Dask worker's working directory is not ours), the given ones for
+    # the joined file's provenance
+    given = formats.expand_inputs(cfg.inputs, what=cfg.source_format)
+    paths = [p.resolve() for p in given]
+    fingerprint = config_fingerprint(cfg, file_signatures(paths))
+    if is_done(cfg.output, fingerprint):
+        return None, True
+    mesh = resolve_mesh(cfg.mesh, cfg.binning)
+    cache = TaskCache(cache_dir_for(cfg.output), fingerprint)
+    parts = run_tasks(formats.read_input_part, [(cfg.source_format, p, mesh, {}) for p in paths],
+                      workers=cfg.parallel.workers, scheduler=cfg.parallel.scheduler,
+                      description=f"reading {len(paths)} {cfg.source_format} file(s)", progress=progress,
+                      cache=cache)
+    data = formats.combine_parts(cfg.source_format, parts, given)
+    clear_done(cfg.output)
+    formats.WRITERS[cfg.target_format](data, cfg.output)
+    mark_done(cfg.output, fingerprint)
+    cache.clear()
+    return data, False
 
 
 def _simulate_pion_task(energies: np.ndarray, grid: Any, calo: Any, seed: int, first_event: int) -> np.ndarray:

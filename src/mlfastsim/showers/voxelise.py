@@ -41,6 +41,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numba
@@ -534,12 +535,20 @@ def read_hits(
     mesh, summed over all files; ``meta["front_face_normal"]`` is the first file's normal.
     """
     files = [Path(p) for p in paths]
-    parts, counts, normals = [], [], []
-    for p in files:
-        data, c, normal = _read_one(p, mesh, max(int(chunk_hits), 1))
-        parts.append(data)
-        counts.append(c)
-        normals.append(normal)
+    return combine_hits([read_hits_part(p, mesh, chunk_hits=chunk_hits) for p in files], files)
+
+
+def read_hits_part(path: str | Path, mesh: Mesh, *, chunk_hits: int = DEFAULT_CHUNK_HITS) -> tuple[Any, ...]:
+    """One hits file voxelised: (showers, outside-mesh counts, front-face normal); a task of a parallel
+    ``showers convert`` (:func:`combine_hits` joins the parts exactly as :func:`read_hits` does)."""
+    return _read_one(Path(path), mesh, max(int(chunk_hits), 1))
+
+
+def combine_hits(results: Sequence[tuple[Any, ...]], files: Sequence[str | Path]) -> ShowerData:
+    """Join :func:`read_hits_part` results (in file order) into one :class:`ShowerData`."""
+    parts = [r[0] for r in results]
+    counts = [r[1] for r in results]
+    normals = [r[2] for r in results]
     data = concat_showers(parts, files)
     data.meta["source_format"] = "hits"
     data.meta["voxelisation"] = outside_summary(counts)

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from mlfastsim.core import distributed as dist_utils
 from mlfastsim.core.config import StrictModel
 from mlfastsim.core.trainer import Batch
 from mlfastsim.showers.models.wgan import (
@@ -308,6 +309,10 @@ class BIBAETask:
         self.opt_lc = torch.optim.Adam(latent_critic.parameters(), lr=cfg.lr_critic, betas=cfg.betas)
         self.opt_mc = torch.optim.Adam(main_critic.parameters(), lr=cfg.lr_critic, betas=cfg.betas)
 
+    def wrap(self, wrapper: Any) -> None:
+        """Data parallel without the DDP ``wrapper`` (the critics' gradient penalty needs a double backward,
+        which DDP does not support): every optimiser step is preceded by ``all_reduce_grads``."""
+
     def modules(self) -> dict[str, nn.Module]:
         return {"bibae": self.bibae, "latent_critic": self.latent_critic, "main_critic": self.main_critic}
 
@@ -336,17 +341,19 @@ class BIBAETask:
         for _ in range(cfg.n_critic):
             with torch.no_grad():
                 recon, _, _, z = self.bibae(x, e)
-            prior = torch.randn_like(z)
+            prior = dist_utils.batch_randn_like(z)
             gp_l = gradient_penalty(self.latent_critic, prior, z, None, cfg.lambda_gp)
             w_latent = self.latent_critic(prior).mean() - self.latent_critic(z).mean()
             self.opt_lc.zero_grad(set_to_none=True)
             (gp_l - w_latent).backward()
+            dist_utils.all_reduce_grads(self.latent_critic.parameters())
             self.opt_lc.step()
             real_pair, fake_pair = pair(x, x), pair(x, recon)
             gp_m = gradient_penalty(self.main_critic, real_pair, fake_pair, e, cfg.lambda_gp)
             w_main = self.main_critic(real_pair, e).mean() - self.main_critic(fake_pair, e).mean()
             self.opt_mc.zero_grad(set_to_none=True)
             (gp_m - w_main).backward()
+            dist_utils.all_reduce_grads(self.main_critic.parameters())
             self.opt_mc.step()
         with _CriticFrozen(self.latent_critic), _CriticFrozen(self.main_critic):
             terms, recon, z = self._ae_terms(x, e)
@@ -355,6 +362,7 @@ class BIBAETask:
             total = terms["loss"] + cfg.latent_critic_weight * adv_l + cfg.main_critic_weight * adv_m
             self.opt_ae.zero_grad(set_to_none=True)
             total.backward()
+            dist_utils.all_reduce_grads(self.bibae.parameters())
             self.opt_ae.step()
         logs = {k: float(v.detach()) for k, v in terms.items()}
         logs.update(total=float(total.detach()), w_latent=float(w_latent.detach()), w_main=float(w_main.detach()),
@@ -392,6 +400,10 @@ class PostProcessTask:
         self.seed = seed
         self.opt = torch.optim.Adam(postprocessor.parameters(), lr=cfg.lr, betas=cfg.betas)
 
+    def wrap(self, wrapper: Any) -> None:
+        """Data parallel without the DDP ``wrapper`` (the critics' gradient penalty needs a double backward,
+        which DDP does not support): every optimiser step is preceded by ``all_reduce_grads``."""
+
     def modules(self) -> dict[str, nn.Module]:
         return {"bibae": self.bibae, "postprocessor": self.postprocessor}
 
@@ -423,6 +435,7 @@ class PostProcessTask:
         terms = self._terms(x, e)
         self.opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
+        dist_utils.all_reduce_grads(self.postprocessor.parameters())
         self.opt.step()
         return {k: float(v.detach()) for k, v in terms.items()}
 

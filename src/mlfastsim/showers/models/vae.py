@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlfastsim.core import distributed as dist_utils
 from mlfastsim.showers.config import VAEConfig
 
 
@@ -54,7 +55,8 @@ class ShowerVAE(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.encode(x, c)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        # per-sample noise independent of how a data-parallel step splits the batch (see core.distributed)
+        z = mu + dist_utils.batch_randn_like(mu) * torch.exp(0.5 * logvar)
         return self.decode(z, c), mu, logvar
 
     @torch.no_grad()

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from mlfastsim.core import distributed as dist_utils
 from mlfastsim.core.config import StrictModel
 from mlfastsim.core.errors import ConfigError, DataError
 from mlfastsim.core.trainer import Batch, SupervisedTask
@@ -258,7 +259,8 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, 
     ``critic(x_hat, e)``, or ``critic(x_hat)`` when ``e`` is None (the BIB-AE latent critic).  The graph is
     kept (``create_graph``) so the penalty trains the critic.
     """
-    alpha = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype)
+    # drawn per global-batch sample under torchrun (core.distributed), plain torch.rand otherwise
+    alpha = dist_utils.batch_rand_like(real.new_empty((real.shape[0],) + (1,) * (real.dim() - 1)))
     x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
     score = critic(x_hat) if e is None else critic(x_hat, e)
     (grad,) = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
@@ -274,8 +276,10 @@ def _eval_generator(seed: int) -> torch.Generator:
 
 
 def _randn(shape: Sequence[int], like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Batch-first noise; without a private generator it is drawn so a data-parallel step (torchrun) gives
+    each sample the noise one process would (:func:`mlfastsim.core.distributed.batch_randn`)."""
     if generator is None:
-        return torch.randn(*shape, device=like.device, dtype=like.dtype)
+        return dist_utils.batch_randn(shape, like)
     return torch.randn(*shape, generator=generator).to(device=like.device, dtype=like.dtype)
 
 
@@ -341,7 +345,9 @@ class WGANTask:
     MSE(regressor(fake), e)``.  Logged ``loss`` is the critic's Wasserstein estimate ``C(real) - C(fake)``
     (the quantity that tracks sample quality in WGAN training, arXiv:1704.00028).
 
-    Not data-parallel (no ``wrap``): DDP does not support the double backward of the gradient penalty.
+    Data-parallel under torchrun without the DDP wrapper (DDP does not support the double backward of the
+    gradient penalty): every optimiser step is preceded by :func:`~mlfastsim.core.distributed.all_reduce_grads`,
+    which averages the gradients over ranks (a no-op in one process).
     """
 
     def __init__(self, generator: Generator, critic: Critic, cfg: WGANConfig, *,
@@ -352,6 +358,9 @@ class WGANTask:
         self.seed = seed
         self.opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_generator, betas=cfg.betas)
         self.opt_c = torch.optim.Adam(critic.parameters(), lr=cfg.lr_critic, betas=cfg.betas)
+
+    def wrap(self, wrapper: Any) -> None:
+        """Data parallel without the DDP ``wrapper``: gradients are averaged by ``all_reduce_grads``."""
 
     def modules(self) -> dict[str, nn.Module]:
         mods: dict[str, nn.Module] = {"generator": self.generator, "critic": self.critic}
@@ -389,6 +398,7 @@ class WGANTask:
             loss_c = c_fake - c_real + gp
             self.opt_c.zero_grad(set_to_none=True)
             loss_c.backward()
+            dist_utils.all_reduce_grads(self.critic.parameters())
             self.opt_c.step()
         logs.update(critic_loss=float(loss_c.detach()), gp=float(gp.detach()),
                     loss=float((c_real - c_fake).detach()))
@@ -399,6 +409,7 @@ class WGANTask:
             loss_g = adv if reg is None else adv + self.cfg.regressor_weight * reg
             self.opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
+            dist_utils.all_reduce_grads(self.generator.parameters())
             self.opt_g.step()
         logs.update(generator_loss=float(loss_g.detach()), generator_adv=float(adv.detach()))
         if reg is not None:
