@@ -218,3 +218,22 @@ def test_siw_and_scipb_are_told_apart(simulated: dict[str, ShowerData]) -> None:
     assert low.auc > 0.9
     comparison, _ = compare_all(compute_observables(a), compute_observables(c), a, c)
     assert comparison["first_moment_z"]["separation_power"] > 0.1
+
+
+def test_threshold_zeroes_cells_in_both_samples_before_counting_hits(tmp_path: Path) -> None:
+    """With a readout threshold, a candidate that differs only below it is indistinguishable in n_hits."""
+    from mlfastsim.showers.formats import ShowerData
+    from mlfastsim.showers.geometry import MESH_PRESETS
+    from mlfastsim.showers.validate import run_validation
+
+    mesh = MESH_PRESETS["ds2"]
+    rng = np.random.default_rng(4)
+    base = rng.gamma(0.5, 5.0, (300, mesh.n_voxels)).astype(np.float32)
+    base[base < 2.0] = 0.0
+    noisy = base + np.where(base == 0, rng.uniform(0.0, 1.0, base.shape), 0.0).astype(np.float32)  # sub-threshold
+    e = np.full(300, 5e4)
+    ref, cand = ShowerData(e, base, mesh), ShowerData(e, noisy, mesh)
+    plain = run_validation(ref, cand, tmp_path / "plain", classifier=False)
+    thr = run_validation(ref, cand, tmp_path / "thr", classifier=False, threshold_mev=1.5)
+    assert plain["observables"]["n_hits"]["separation_power"] > 0.9
+    assert thr["observables"]["n_hits"]["separation_power"] < 1e-9 and thr["threshold_mev"] == 1.5

@@ -131,6 +131,8 @@ def validate(
         bool, typer.Option("--exclude-empty", help="Drop showers with no energy instead of refusing them.")
     ] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed (classifier).")] = None,
+    threshold_mev: Annotated[float | None, typer.Option(
+        "--threshold-mev", help="Zero cells below this energy in both samples (a readout threshold).")] = None,
     tracking: Annotated[str | None, typer.Option(help="Tracking backend: local, mlflow, wandb.")] = None,
 ) -> None:
     """Compare a candidate sample with a reference: observables, metrics, classifier, plots, HTML report."""
@@ -142,7 +144,8 @@ def validate(
         config,
         cli={"reference": reference, "candidate": candidate, "output": output, "binning": binning, "mesh": mesh,
              "classifier": False if no_classifier else None,
-             "exclude_empty": True if exclude_empty else None, "seed": seed, "tracking.backend": tracking},
+             "exclude_empty": True if exclude_empty else None, "seed": seed, "threshold_mev": threshold_mev,
+             "tracking.backend": tracking},
         overrides=set_ or [],
     )
     metrics = validate_files(cfg, progress=True)

@@ -65,6 +65,9 @@ class ValidateConfig(StrictModel):
     mesh: str | None = None
     classifier: bool = True
     exclude_empty: bool = False
+    # zero cells below this energy (MeV) in both samples first, as a readout would; also the lower edge of
+    # the cell spectrum (default: CaloChallenge's 15.2 keV).  For hadron files: the calorimeter's 0.5 MIP.
+    threshold_mev: float | None = Field(None, ge=0.0)
     seed: int = 0
     tracking: TrackingConfig = TrackingConfig()
 

@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mlfastsim.core.io import ensure_writable_dir
 from mlfastsim.core.parallel import ParallelConfig
 from mlfastsim.core.tracking import TrackingConfig
@@ -29,18 +27,12 @@ from mlfastsim.showers.config import (
     ValidateConfig,
 )
 from mlfastsim.showers.formats import ShowerData
-from mlfastsim.showers.observables import CELL_ENERGY_MIN_MEV
+from mlfastsim.showers.observables import apply_threshold
 from mlfastsim.showers.pipeline import simulate_to_file, validate_files
 
 NEW_DETECTOR = "FCCeeSiW"
 ENERGIES_GEV = [2.0, 8.0, 32.0, 128.0, 512.0]
 ANGLES_DEG = [50.0, 70.0, 90.0]
-
-
-def apply_threshold(data: ShowerData, threshold_mev: float = CELL_ENERGY_MIN_MEV) -> ShowerData:
-    """Zero cells below a readout threshold (a generator's sigmoid never gives an exact zero)."""
-    showers = np.where(data.showers >= threshold_mev, data.showers, 0.0).astype(np.float32)
-    return ShowerData(data.energies, showers, data.mesh, data.angles, dict(data.meta))
 
 
 def _validate(reference: ShowerData, candidate: ShowerData, outdir: Path, *, seed: int, classifier: bool

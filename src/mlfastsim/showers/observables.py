@@ -100,6 +100,12 @@ OBSERVABLE_INFO: dict[str, ObservableInfo] = {
 }
 
 
+def apply_threshold(data: ShowerData, threshold_mev: float = CELL_ENERGY_MIN_MEV) -> ShowerData:
+    """Zero cells below a readout threshold, as the detector would (a generator never gives an exact zero)."""
+    showers = np.where(data.showers >= threshold_mev, data.showers, 0.0).astype(np.float32)
+    return ShowerData(data.energies, showers, data.mesh, data.angles, dict(data.meta))
+
+
 def empty_showers(data: ShowerData) -> np.ndarray:
     """Boolean mask of showers with no deposited energy at all (their moments are undefined)."""
     return ~np.any(data.showers > 0, axis=1)

@@ -244,7 +244,7 @@ def validate_files(cfg: ValidateConfig, *, progress: bool = False) -> dict[str, 
         metrics = run_validation(
             reference, candidate, outdir, classifier=cfg.classifier, tracker=tracker, seed=cfg.seed,
             labels=(cfg.reference.stem, cfg.candidate.stem), progress=progress,
-            exclude_empty=cfg.exclude_empty,
+            exclude_empty=cfg.exclude_empty, threshold_mev=cfg.threshold_mev,
         )
     finally:
         tracker.close()

@@ -38,6 +38,7 @@ from mlfastsim.showers.metrics import (
 from mlfastsim.showers.observables import (
     PER_LAYER,
     SCALARS,
+    apply_threshold,
     cell_energy_edges,
     cell_energy_histogram,
     compute_observables,
@@ -114,6 +115,7 @@ def compare_all(
     candidate: ShowerData,
     *,
     cell_bins: int = 50,
+    cell_threshold_mev: float | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
     """Separation power and Wasserstein-1 of every observable; also returns the cell-spectrum histograms."""
     mesh = reference.mesh
@@ -128,7 +130,8 @@ def compare_all(
     out["lateral_profile"] = compare_profiles(
         mesh.r_centres, obs_ref["energy_per_r_bin"].mean(axis=0), obs_cand["energy_per_r_bin"].mean(axis=0)
     )
-    edges = cell_energy_edges(reference, n_bins=cell_bins)
+    edges = (cell_energy_edges(reference, n_bins=cell_bins) if not cell_threshold_mev
+             else cell_energy_edges(reference, n_bins=cell_bins, e_min_mev=cell_threshold_mev))
     counts_ref = cell_energy_histogram(reference, edges)
     counts_cand = cell_energy_histogram(candidate, edges)
     log_edges = np.log10(edges)
@@ -162,6 +165,7 @@ def run_validation(
     progress: bool = False,
     exclude_empty: bool = False,
     classifier_config: ClassifierConfig | None = None,
+    threshold_mev: float | None = None,
 ) -> dict[str, Any]:
     """Compare ``candidate`` with ``reference``; write metrics.json, PNGs and report.html into ``outdir``.
 
@@ -176,10 +180,13 @@ def run_validation(
          "figures", "timing_s", "seed"}
 
     Showers with no energy make moments undefined: they raise a :class:`DataError` naming the count,
-    unless ``exclude_empty`` drops them from both samples (the counts are recorded).
+    unless ``exclude_empty`` drops them from both samples (the counts are recorded).  ``threshold_mev``
+    zeroes cells below it in both samples first (a readout threshold) and starts the cell spectrum there.
     """
     labels = (str(labels[0]), str(labels[1]))
     check_same_mesh(reference, candidate, labels)
+    if threshold_mev:
+        reference, candidate = apply_threshold(reference, threshold_mev), apply_threshold(candidate, threshold_mev)
     # files from read_native are validated already; in-memory samples from Python callers may not be
     reference.validate(source=reference.meta.get("source", labels[0]))
     candidate.validate(source=candidate.meta.get("source", labels[1]))
@@ -218,6 +225,7 @@ def run_validation(
         },
         "geometry": mesh.to_dict(),
         "seed": seed,
+        "threshold_mev": threshold_mev,
     }
     n_stages = 6 if classifier else 5
     t0 = time.perf_counter()
@@ -229,7 +237,7 @@ def run_validation(
             hlf_cand = high_level_features(candidate, observables=obs_cand)
 
         with _stage(timings, "metrics", bar):
-            observables, cells = compare_all(obs_ref, obs_cand, reference, candidate)
+            observables, cells = compare_all(obs_ref, obs_cand, reference, candidate, cell_threshold_mev=threshold_mev)
             metrics["observables"] = observables
             metrics["conditions"] = {"e_inc": compare_samples(obs_ref["e_inc"], obs_cand["e_inc"])}
             if reference.angles is not None and candidate.angles is not None:
