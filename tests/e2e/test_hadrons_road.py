@@ -88,6 +88,12 @@ def test_generate_validate_export_round_trip(road: Path, tmp_path: Path, model: 
     for key in ("n_hits", "e_total", "cog_x", "first_moment_z", "cell_energy", "lateral_profile"):
         assert key in metrics["observables"]
     assert (out / "response.png").is_file() and (out / "report.html").is_file()
+    # a readout threshold applied to both samples: no cell below it counts, and the spectrum starts there
+    out_thr = tmp_path / "val_thr"
+    assert _run("showers", "validate", "--reference", road / "pions.h5", "--candidate", gen, "-o", out_thr,
+                "--no-classifier", "--exclude-empty", "--threshold-mev", "0.001") == 0
+    thr = json.loads((out_thr / "metrics.json").read_text())
+    assert thr["threshold_mev"] == 0.001 and "n_hits" in thr["observables"]
 
 
 def test_crop_larger_than_the_grid(cli, road: Path) -> None:
