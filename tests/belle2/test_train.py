@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +13,7 @@ from mlfastsim.belle2.train import train_from_config
 from mlfastsim.core.checkpoint import load_checkpoint
 from mlfastsim.core.errors import ConfigError, DataError
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(pre: Path, out: Path, model: str = "particle", **trainer: object) -> TrainConfig:

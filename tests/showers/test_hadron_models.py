@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,12 +48,7 @@ SMALL_BIBAE = BIBAEConfig(latent_dim=5, encoder_channels=[4, 8], encoder_hidden=
 SMALL_PP = PostProcessConfig(bibae=SMALL_BIBAE, channels=[16, 16], sorted_k=40, lr=3e-3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_showers(n: int, grid: tuple[int, int, int] = GRID, seed: int = 0, *, fluctuate: bool = True

@@ -32,18 +32,31 @@ def parallel_cli(workers: int | None, scheduler: str | None) -> dict[str, object
     return {"parallel.workers": workers, "parallel.scheduler": scheduler}
 
 
-def parse_floats(text: str | None, option: str) -> list[float] | None:
-    """'1,10,100' -> [1.0, 10.0, 100.0]."""
+def _parse_list(text: str | None, option: str, cast: type, what: str, example: str, n: int | None = None,
+                *, empty_message: str | None = None) -> list | None:
+    """'a,b,c' -> [cast(a), cast(b), cast(c)], exactly ``n`` values when ``n`` is given; None stays None."""
     if text is None:
         return None
     try:
-        values = [float(x) for x in text.split(",") if x.strip()]
+        values = [cast(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ConfigError(f"{text!r} is not a comma-separated list of numbers", field=option,
-                          fix=f"write e.g. {option} 1,10,100") from None
-    if not values:
-        raise ConfigError("empty list", field=option, fix=f"write e.g. {option} 1,10,100")
+        raise ConfigError(f"{text!r} is not a comma-separated list of {what}", field=option,
+                          fix=f"write e.g. {option} {example}") from None
+    if not values or (n is not None and len(values) != n):
+        message = (empty_message if not values and empty_message
+                   else f"{text!r} must have {n or 'one or more'} values")
+        raise ConfigError(message, field=option, fix=f"write e.g. {option} {example}")
     return values
+
+
+def parse_floats(text: str | None, option: str) -> list[float] | None:
+    """'1,10,100' -> [1.0, 10.0, 100.0]."""
+    return _parse_list(text, option, float, "numbers", "1,10,100", empty_message="empty list")
+
+
+def parse_ints(text: str | None, option: str, n: int | None = None) -> list[int] | None:
+    """'8,4,4' -> [8, 4, 4] (exactly ``n`` values when ``n`` is given)."""
+    return _parse_list(text, option, int, "integers", "8,4,4" if n == 3 else "1,5,9", n)
 
 
 def parse_range(text: str | None, option: str) -> tuple[float, float] | None:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from mlfastsim.cli.common import ConfigOpt, SchedulerOpt, SetOpt, WorkersOpt, parallel_cli
+from mlfastsim.cli.common import ConfigOpt, SchedulerOpt, SetOpt, WorkersOpt, parallel_cli, parse_ints
 from mlfastsim.core import distributed as dist_utils
 from mlfastsim.core.config import load_config
 from mlfastsim.core.errors import ConfigError
@@ -23,21 +23,6 @@ console = Console()
 def _bars() -> bool:
     """Progress bars on a terminal only: in logs and pipes a failing run then prints just its one error line."""
     return sys.stderr.isatty()
-
-
-def parse_ints(text: str | None, option: str, n: int | None = None) -> list[int] | None:
-    """'8,4,4' -> [8, 4, 4] (exactly ``n`` values when ``n`` is given)."""
-    if text is None:
-        return None
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"{text!r} is not a comma-separated list of integers", field=option,
-                          fix=f"write e.g. {option} {'8,4,4' if n == 3 else '1,5,9'}") from None
-    if not values or (n is not None and len(values) != n):
-        raise ConfigError(f"{text!r} must have {n or 'one or more'} values", field=option,
-                          fix=f"write e.g. {option} {'8,4,4' if n == 3 else '1,5,9'}")
-    return values
 
 
 @app.command()

@@ -277,36 +277,29 @@ def train(
            _device_cli(gpu_ids, max_gpu_memory_allocation, threads))
 
 
-@app.command("train-regressor")
-def train_regressor(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    resume: ResumeOpt = False,
-    data: TrainDataOpt = None,
-    output_dir: OutDirOpt = None,
-    gpu_ids: GpuIdsOpt = None,
-    max_gpu_memory_allocation: GpuMemOpt = None,
-    threads: ThreadsOpt = None,
-) -> None:
-    """Train the energy regressor the WGAN's generator loss uses as its energy constrainer."""
-    _train(config, set_, resume, "regressor", data, output_dir,
-           _device_cli(gpu_ids, max_gpu_memory_allocation, threads))
+def _second_stage_command(model_type: str, doc: str) -> None:
+    """Register ``train-<stage>``: ``showers train`` with the model type fixed (no --model-type option)."""
+
+    def command(
+        config: ConfigOpt = None,
+        set_: SetOpt = None,
+        resume: ResumeOpt = False,
+        data: TrainDataOpt = None,
+        output_dir: OutDirOpt = None,
+        gpu_ids: GpuIdsOpt = None,
+        max_gpu_memory_allocation: GpuMemOpt = None,
+        threads: ThreadsOpt = None,
+    ) -> None:
+        _train(config, set_, resume, model_type, data, output_dir,
+               _device_cli(gpu_ids, max_gpu_memory_allocation, threads))
+
+    command.__doc__ = doc
+    app.command(f"train-{model_type}")(command)
 
 
-@app.command("train-postprocess")
-def train_postprocess(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    resume: ResumeOpt = False,
-    data: TrainDataOpt = None,
-    output_dir: OutDirOpt = None,
-    gpu_ids: GpuIdsOpt = None,
-    max_gpu_memory_allocation: GpuMemOpt = None,
-    threads: ThreadsOpt = None,
-) -> None:
-    """Train the BIB-AE post-processor (hit-energy spectrum) with the BIB-AE frozen."""
-    _train(config, set_, resume, "postprocess", data, output_dir,
-           _device_cli(gpu_ids, max_gpu_memory_allocation, threads))
+_second_stage_command("regressor",
+                      "Train the energy regressor the WGAN's generator loss uses as its energy constrainer.")
+_second_stage_command("postprocess", "Train the BIB-AE post-processor (hit-energy spectrum) with the BIB-AE frozen.")
 
 
 @app.command("meta-train")

@@ -30,12 +30,17 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], *, with_rng: bool =
     return Path(path)
 
 
-def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely (weights_only) with a clear error for missing or corrupt files."""
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu", mmap: bool = False
+                    ) -> dict[str, Any]:
+    """Load a checkpoint safely (weights_only) with a clear error for missing or corrupt files.
+
+    ``mmap`` maps the tensors instead of reading them: a cheap look at the metadata (model type) of a
+    checkpoint that is about to be loaded for real.
+    """
     p = require_file(path, what="checkpoint")
     fix = "pass a checkpoint written by mlfastsim, or re-create it"
     try:
-        state = torch.load(p, map_location=map_location, weights_only=True)
+        state = torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,
             pickle.UnpicklingError) as exc:
         # A file that is not a torch archive at all fails inside the legacy unpickler with odd errors

@@ -36,8 +36,11 @@ GENERATIVE = ("wgan", "bibae", "postprocess")  # the regressor only serves the W
 
 
 def checkpoint_model_type(path: str | Path) -> str | None:
-    """The ``model_type`` stored in a checkpoint (None when absent); errors for unreadable files."""
-    return load_checkpoint(path).get("model_type")
+    """The ``model_type`` stored in a checkpoint (None when absent); errors for unreadable files.
+
+    Memory-mapped, so dispatching on it does not read the weights a second time.
+    """
+    return load_checkpoint(path, mmap=True).get("model_type")
 
 
 def sidecar_model_kind(onnx_path: str | Path) -> str | None:
