@@ -43,11 +43,13 @@ from threadpoolctl import threadpool_limits
 
 from mlfastsim.core.io import atomic_write_json
 from mlfastsim.core.trainer import SupervisedTask, Trainer, TrainerConfig, make_optimizer, split_train_val
-from mlfastsim.showers.classifier import ClassifierConfig
+from mlfastsim.showers.conditioning.em import load_training_data
 from mlfastsim.showers.config import AdaptConfig, DataConfig, SimulateConfig, TrainConfig, VAEConfig
-from mlfastsim.showers.data import load_training_data
-from mlfastsim.showers.formats import ShowerData, read_native
-from mlfastsim.showers.meta import (
+from mlfastsim.showers.io.formats import ShowerData, read_native
+from mlfastsim.showers.models import build_model, get_model_spec, load_model, model_meta
+from mlfastsim.showers.pipeline import simulate_to_file
+from mlfastsim.showers.pretrained import pretrained_path
+from mlfastsim.showers.training.meta import (
     MAIN_OBSERVABLES,
     adapt,
     init_output_bias,
@@ -56,11 +58,9 @@ from mlfastsim.showers.meta import (
     separation_powers,
     train_from_scratch,
 )
-from mlfastsim.showers.models import build_model, get_model_spec, load_model, model_meta
-from mlfastsim.showers.observables import CELL_ENERGY_MIN_MEV
-from mlfastsim.showers.pipeline import simulate_to_file
-from mlfastsim.showers.pretrained import pretrained_path
-from mlfastsim.showers.validate import run_validation
+from mlfastsim.showers.validation.classifier import ClassifierConfig
+from mlfastsim.showers.validation.observables import CELL_ENERGY_MIN_MEV
+from mlfastsim.showers.validation.validate import run_validation
 
 DETECTOR = "FCCeeSiW"
 ENERGIES_GEV = [1.0, 4.0, 16.0, 64.0, 256.0, 1000.0]

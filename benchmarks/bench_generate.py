@@ -16,7 +16,7 @@ fastest run is the one least disturbed by other work on the machine); the load a
 before and after, since a busy machine slows everything and multi-threaded small products most.
 
 The model is the default Par04 VAE with random weights (speed does not depend on the values), saved as
-a checkpoint and exported through ``showers.exporting.export_onnx``, so the ONNX file measured is what
+a checkpoint and exported through ``showers.inference.export.export_onnx``, so the ONNX file measured is what
 ``showers export`` writes.
 
     python benchmarks/bench_generate.py [--threads 2] [--batches 1,100,10000] [--repeats 7]
@@ -38,15 +38,15 @@ import torch
 from mlfastsim.core.checkpoint import save_checkpoint
 from mlfastsim.core.export import OnnxRunner, make_session
 from mlfastsim.showers.config import ConditioningConfig, ExportConfig, VAEConfig
-from mlfastsim.showers.exporting import (
+from mlfastsim.showers.geometry import MESH_PRESETS
+from mlfastsim.showers.inference.export import (
     GeneratorModule,
     build_generator,
     export_onnx,
     load_generator_model,
     random_generator_inputs,
 )
-from mlfastsim.showers.generate import OnnxGenerator, generate, load_onnx_generator
-from mlfastsim.showers.geometry import MESH_PRESETS
+from mlfastsim.showers.inference.generate import OnnxGenerator, generate, load_onnx_generator
 from mlfastsim.showers.models import build_model, model_meta
 
 MESH = MESH_PRESETS["par04"]

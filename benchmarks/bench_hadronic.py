@@ -24,7 +24,7 @@ import numba
 import numpy as np
 
 from mlfastsim.showers.geometry import GRID_PRESETS
-from mlfastsim.showers.hadronic import HADRON_CALORIMETERS, simulate_pions
+from mlfastsim.showers.sim.hadronic import HADRON_CALORIMETERS, simulate_pions
 
 GRID = GRID_PRESETS["hcal48"]
 CALO = HADRON_CALORIMETERS["steel_scint"]

@@ -27,7 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 from mlfastsim.showers.geometry import DETECTOR_PRESETS, MESH_PRESETS
-from mlfastsim.showers.simulate import make_kinematics, simulate, simulate_chunk
+from mlfastsim.showers.sim.em import make_kinematics, simulate, simulate_chunk
 
 DETECTOR = DETECTOR_PRESETS["SiW"]
 MESH = MESH_PRESETS["ds2"]

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from mlfastsim.showers.classifier import ClassifierConfig
-from mlfastsim.showers.formats import ShowerData
 from mlfastsim.showers.geometry import DETECTOR_PRESETS, MESH_PRESETS, CylindricalMesh
-from mlfastsim.showers.validate import run_validation
+from mlfastsim.showers.io.formats import ShowerData
+from mlfastsim.showers.validation.classifier import ClassifierConfig
+from mlfastsim.showers.validation.validate import run_validation
 
 MESH = MESH_PRESETS["ds2"]
 TARGET_S = 60.0
@@ -70,7 +70,7 @@ def _synthetic(n: int, seed: int, mesh: CylindricalMesh, radius_mm: float) -> Sh
 
 def _samples(n: int, candidate_detector: str) -> tuple[ShowerData, ShowerData, str]:
     try:
-        from mlfastsim.showers.simulate import make_kinematics, simulate
+        from mlfastsim.showers.sim.em import make_kinematics, simulate
     except ImportError:
         radius = 9.0 if candidate_detector == "SiW" else 14.0
         return _synthetic(n, 1, MESH, 9.0), _synthetic(n, 2, MESH, radius), "synthetic showers"

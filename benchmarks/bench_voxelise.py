@@ -1,7 +1,7 @@
 """Benchmark: hits -> mesh voxelisation throughput and memory.
 
 Generates shower-like hits (gamma longitudinal profile, exponential radial profile, 5-10 % outside the
-mesh) around random particle axes, then times :func:`mlfastsim.showers.voxelise.voxelise` into the ds2
+mesh) around random particle axes, then times :func:`mlfastsim.showers.sim.voxelise.voxelise` into the ds2
 and par04 meshes, and :func:`read_hits` end to end from an HDF5 file (I/O, validation, chunking).
 JIT compile time is measured apart, in a fresh process with an empty numba cache, so that the
 throughput figures are steady-state.
@@ -27,12 +27,12 @@ import numba
 import numpy as np
 
 from mlfastsim.showers.geometry import MESH_PRESETS, CylindricalMesh
-from mlfastsim.showers.voxelise import event_offsets_from_counts, mesh_frames, read_hits, voxelise, write_hits
+from mlfastsim.showers.sim.voxelise import event_offsets_from_counts, mesh_frames, read_hits, voxelise, write_hits
 
 COMPILE_SNIPPET = """
 import time, numpy as np
 t0 = time.perf_counter()
-from mlfastsim.showers.voxelise import voxelise
+from mlfastsim.showers.sim.voxelise import voxelise
 from mlfastsim.showers.geometry import MESH_PRESETS
 t1 = time.perf_counter()
 voxelise(np.zeros(1), np.zeros(1), np.ones(1), np.ones(1), np.array([0, 1]), np.zeros((1, 3)),

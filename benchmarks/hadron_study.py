@@ -31,14 +31,14 @@ import torch
 
 from mlfastsim.core.config import load_config
 from mlfastsim.core.io import atomic_write_json
-from mlfastsim.showers.classifier import ClassifierConfig
+from mlfastsim.showers.conditioning.grid import crop_showers
 from mlfastsim.showers.config import SimulateConfig
-from mlfastsim.showers.formats import ShowerData, read_native
-from mlfastsim.showers.hadron_data import crop_showers
 from mlfastsim.showers.hadron_generate import export_hadron_onnx, generate_hadrons, torch_runner
 from mlfastsim.showers.hadron_training import HadronTrainConfig, load_hadron_model, train_hadrons
+from mlfastsim.showers.io.formats import ShowerData, read_native
 from mlfastsim.showers.pipeline import simulate_to_file
-from mlfastsim.showers.validate import run_validation
+from mlfastsim.showers.validation.classifier import ClassifierConfig
+from mlfastsim.showers.validation.validate import run_validation
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "hadrons"
 ROWS = ("e_total", "e_ratio", "n_hits", "first_moment_z", "second_moment_z", "first_moment_r", "second_moment_r",
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _simulator_timing() -> dict[str, float]:
     from mlfastsim.showers.geometry import GRID_PRESETS
-    from mlfastsim.showers.hadronic import HADRON_CALORIMETERS, simulate_pions
+    from mlfastsim.showers.sim.hadronic import HADRON_CALORIMETERS, simulate_pions
 
     grid, calo = GRID_PRESETS["hcal48"], HADRON_CALORIMETERS["steel_scint"]
     simulate_pions(np.full(100, 50e3), grid, calo, 0)

@@ -36,8 +36,11 @@ from mlfastsim.core.checkpoint import load_checkpoint
 from mlfastsim.core.config import dump_config, load_config
 from mlfastsim.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from mlfastsim.showers.config import MetaConfig, SimulateConfig
-from mlfastsim.showers.formats import ShowerData, read_native
-from mlfastsim.showers.meta import (
+from mlfastsim.showers.io.formats import ShowerData, read_native
+from mlfastsim.showers.models import get_model_spec, load_model
+from mlfastsim.showers.pipeline import simulate_to_file
+from mlfastsim.showers.pretrained import sha256_file
+from mlfastsim.showers.training.meta import (
     MAIN_OBSERVABLES,
     OCCUPANCY_OBSERVABLES,
     load_tasks,
@@ -47,10 +50,7 @@ from mlfastsim.showers.meta import (
     separation_powers,
     task_losses,
 )
-from mlfastsim.showers.models import get_model_spec, load_model
-from mlfastsim.showers.observables import CELL_ENERGY_MIN_MEV
-from mlfastsim.showers.pipeline import simulate_to_file
-from mlfastsim.showers.pretrained import sha256_file
+from mlfastsim.showers.validation.observables import CELL_ENERGY_MIN_MEV
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "vae_ds2_meta"
@@ -101,7 +101,7 @@ def strip(checkpoint: Path, cfg: MetaConfig) -> bytes:
 
 def measure(model_path: Path, cfg: MetaConfig, work: Path, *, classifier: bool) -> dict[str, Any]:
     """Validation loss per geometry and agreement with held-out simulated showers of each geometry."""
-    from mlfastsim.showers.validate import run_validation
+    from mlfastsim.showers.validation.validate import run_validation
 
     loaded = load_model(model_path)
     model = loaded.model.eval()

@@ -23,8 +23,8 @@ import torch
 import yaml
 
 from mlfastsim.core.checkpoint import list_checkpoints, load_checkpoint
-from mlfastsim.showers.formats import ShowerData, write_native
 from mlfastsim.showers.geometry import CylindricalMesh
+from mlfastsim.showers.io.formats import ShowerData, write_native
 
 TIMEOUT_S = 90
 
@@ -126,7 +126,7 @@ def _vae_config(path: Path, data: Path, out: Path, batch_norm: bool) -> Path:
 def test_showers_train_vae_two_processes_match_one(shower_file: Path, tmp_path: Path, batch_norm: bool) -> None:
     from mlfastsim.core.config import load_config
     from mlfastsim.showers.config import TrainConfig
-    from mlfastsim.showers.training import train_from_config
+    from mlfastsim.showers.training.train import train_from_config
 
     ddp_cfg = _vae_config(tmp_path / "ddp.yaml", shower_file, tmp_path / "ddp", batch_norm)
     _torchrun(["showers", "train", "--config", str(ddp_cfg)], tmp_path)
@@ -212,7 +212,7 @@ def test_showers_meta_train_splits_tasks_over_two_processes(shower_file: Path, t
 
     from mlfastsim.core.config import load_config
     from mlfastsim.showers.config import MetaConfig
-    from mlfastsim.showers.meta import meta_train
+    from mlfastsim.showers.training.meta import meta_train
 
     files = [shutil.copy(shower_file, tmp_path / f"geometry{i}.h5") for i in range(3)]
     ddp_cfg = _meta_config(tmp_path / "ddp.yaml", files, tmp_path / "ddp")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from mlfastsim.cli.main import main
-from mlfastsim.showers.formats import ShowerData, write_native
 from mlfastsim.showers.geometry import MESH_PRESETS
+from mlfastsim.showers.io.formats import ShowerData, write_native
 
 
 class Result:

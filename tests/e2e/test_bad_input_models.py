@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlfastsim.showers.formats import ShowerData, write_native
 from mlfastsim.showers.geometry import MESH_PRESETS
+from mlfastsim.showers.io.formats import ShowerData, write_native
 
 from .test_bad_input import assert_clean_error
 

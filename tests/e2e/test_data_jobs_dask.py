@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlfastsim.showers.formats import ShowerData, write_par04
 from mlfastsim.showers.geometry import CylindricalMesh
+from mlfastsim.showers.io.formats import ShowerData, write_par04
 
 LARTPC_SIM = """\
 n_events: 6

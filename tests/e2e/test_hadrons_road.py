@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mlfastsim.cli.main import main
-from mlfastsim.showers.formats import read_native
+from mlfastsim.showers.io.formats import read_native
 
 from .test_bad_input import assert_clean_error
 

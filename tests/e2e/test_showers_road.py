@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlfastsim.showers.formats import read_native
+from mlfastsim.showers.io.formats import read_native
 
 
 def test_python_dash_m_and_version() -> None:

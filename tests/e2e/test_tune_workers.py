@@ -14,8 +14,8 @@ import optuna
 import pytest
 import yaml
 
-from mlfastsim.showers.formats import ShowerData, write_native
 from mlfastsim.showers.geometry import CylindricalMesh
+from mlfastsim.showers.io.formats import ShowerData, write_native
 
 
 @pytest.fixture

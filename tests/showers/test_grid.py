@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from mlfastsim.core.errors import ConfigError, GeometryError
-from mlfastsim.showers.formats import ShowerData, read_native, same_mesh, write_native
 from mlfastsim.showers.geometry import GRID_PRESETS, CartesianGrid, load_mesh, mesh_from_dict
-from mlfastsim.showers.observables import compute_observables
+from mlfastsim.showers.io.formats import ShowerData, read_native, same_mesh, write_native
+from mlfastsim.showers.validation.observables import compute_observables
 
 
 def test_hcal48_preset_and_layout() -> None:

@@ -63,7 +63,7 @@ def detectors(
 
 
 def _main_observables() -> tuple[str, ...]:
-    from mlfastsim.showers.meta import MAIN_OBSERVABLES
+    from mlfastsim.showers.training.meta import MAIN_OBSERVABLES
 
     return MAIN_OBSERVABLES
 
@@ -97,7 +97,7 @@ def _metahep_table(results: dict[str, dict[str, Any]]) -> Table:
 def _comparison_table(results: dict[str, dict[str, Any]]) -> Table:
     """Side-by-side headline numbers: per-shower observables, worst layer of each per-layer family,
     classifier AUCs and FPD/KPD."""
-    from mlfastsim.showers.observables import PER_LAYER, layer_prefix
+    from mlfastsim.showers.validation.observables import PER_LAYER, layer_prefix
 
     names = list(results)
     table = Table(title="Validation against SiW_a (separation power: 0 = identical, 1 = disjoint)")

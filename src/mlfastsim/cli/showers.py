@@ -137,7 +137,7 @@ def validate(
 ) -> None:
     """Compare a candidate sample with a reference: observables, metrics, classifier, plots, HTML report."""
     from mlfastsim.showers.pipeline import validate_files
-    from mlfastsim.showers.validate import summary_table
+    from mlfastsim.showers.validation.validate import summary_table
 
     cfg = load_config(
         ValidateConfig,
@@ -174,7 +174,7 @@ def presets() -> None:
                   f"{mesh.size_z}", f"{mesh.radius:.2f}")
     console.print(m)
     from mlfastsim.showers.geometry import GRID_PRESETS
-    from mlfastsim.showers.hadronic import HADRON_CALORIMETERS
+    from mlfastsim.showers.sim.hadronic import HADRON_CALORIMETERS
 
     g = Table(title="Hadron grids and calorimeters (--particle pion)")
     for col in ("name", "n_z x n_y x n_x", "cells [mm]", "layer pitch [mm]", "calorimeter", "MIP [MeV]",
@@ -242,7 +242,7 @@ def _train(config: Path | None, set_: list[str] | None, resume: bool, model_type
         result = train_hadrons(cfg, resume=resume)
     else:
         from mlfastsim.showers.config import TrainConfig
-        from mlfastsim.showers.training import train_from_config
+        from mlfastsim.showers.training.train import train_from_config
 
         cfg = load_config(TrainConfig, config, cli=cli, overrides=set_ or [])
         result = train_from_config(cfg, resume=resume)
@@ -315,7 +315,7 @@ def meta_train(
 ) -> None:
     """Meta-train (Reptile or first-order MAML) over geometry tasks, one file per geometry."""
     from mlfastsim.showers.config import MetaConfig
-    from mlfastsim.showers.meta import meta_train as run_meta
+    from mlfastsim.showers.training.meta import meta_train as run_meta
 
     cfg = load_config(
         MetaConfig, config,
@@ -349,7 +349,7 @@ def adapt(
 ) -> None:
     """Adapt a pre-trained model to a new geometry from a few hundred showers (every checkpoint kept)."""
     from mlfastsim.showers.config import AdaptConfig
-    from mlfastsim.showers.meta import adapt as run_adapt
+    from mlfastsim.showers.training.meta import adapt as run_adapt
 
     cfg = load_config(
         AdaptConfig, config,
@@ -382,7 +382,7 @@ def export(
 ) -> None:
     """Export a model's decoder to ONNX (Par04 C++ inference layout) with a parity check and a JSON sidecar."""
     from mlfastsim.showers.config import ExportConfig
-    from mlfastsim.showers.exporting import export_onnx
+    from mlfastsim.showers.inference.export import export_onnx
 
     cfg = load_config(
         ExportConfig, config,
@@ -412,7 +412,7 @@ def generate(
 ) -> None:
     """Generate showers from a checkpoint or an ONNX file into the native format (validate reads it)."""
     from mlfastsim.showers.config import GenerateConfig
-    from mlfastsim.showers.generate import generate_to_file
+    from mlfastsim.showers.inference.generate import generate_to_file
 
     cfg = load_config(
         GenerateConfig, config,
@@ -439,7 +439,7 @@ def tune(
     """Hyperparameter search with Optuna over any config key; several processes can share one study."""
     from mlfastsim.core.tuning import load_tune_config, run_study
     from mlfastsim.showers.config import TrainConfig
-    from mlfastsim.showers.training import tune_objective
+    from mlfastsim.showers.training.train import tune_objective
 
     overrides = list(set_ or [])
     for key, value in (("n_trials", n_trials), ("storage", storage), ("study_name", study_name)):

@@ -26,9 +26,9 @@ from mlfastsim.showers.config import (
     TrainConfig,
     ValidateConfig,
 )
-from mlfastsim.showers.formats import ShowerData
-from mlfastsim.showers.observables import apply_threshold
+from mlfastsim.showers.io.formats import ShowerData
 from mlfastsim.showers.pipeline import simulate_to_file, validate_files
+from mlfastsim.showers.validation.observables import apply_threshold
 
 NEW_DETECTOR = "FCCeeSiW"
 ENERGIES_GEV = [2.0, 8.0, 32.0, 128.0, 512.0]
@@ -37,7 +37,7 @@ ANGLES_DEG = [50.0, 70.0, 90.0]
 
 def _validate(reference: ShowerData, candidate: ShowerData, outdir: Path, *, seed: int, classifier: bool
               ) -> dict[str, Any]:
-    from mlfastsim.showers.validate import run_validation
+    from mlfastsim.showers.validation.validate import run_validation
 
     return run_validation(apply_threshold(reference), apply_threshold(candidate), outdir, classifier=classifier,
                           seed=seed, labels=("reference", outdir.name), exclude_empty=True, progress=True)
@@ -46,13 +46,13 @@ def _validate(reference: ShowerData, candidate: ShowerData, outdir: Path, *, see
 def metahep_story(out: Path, *, n_few: int = 100, n_reference: int = 400, adaptation_steps: int = 400,
                   seed: int = 1, classifier: bool = True) -> dict[str, dict[str, Any]]:
     """Run the MetaHEP story; return {label: {"metrics": ..., "train_s": ..., "generator": ...}}."""
-    from mlfastsim.showers.exporting import export_onnx
-    from mlfastsim.showers.formats import read_native
-    from mlfastsim.showers.generate import generate, load_onnx_generator
-    from mlfastsim.showers.meta import adapt, sample_like
+    from mlfastsim.showers.inference.export import export_onnx
+    from mlfastsim.showers.inference.generate import generate, load_onnx_generator
+    from mlfastsim.showers.io.formats import read_native
     from mlfastsim.showers.models import load_model
     from mlfastsim.showers.pretrained import pretrained_path
-    from mlfastsim.showers.training import train_from_config
+    from mlfastsim.showers.training.meta import adapt, sample_like
+    from mlfastsim.showers.training.train import train_from_config
 
     out = ensure_writable_dir(out)
     few_path, ref_path = out / "new_geometry_few.h5", out / "new_geometry_reference.h5"

@@ -25,8 +25,8 @@ from mlfastsim.core.export import OnnxRunner, make_session
 from mlfastsim.core.export import export_onnx as export_module
 from mlfastsim.core.io import atomic_write_json, ensure_writable_dir, require_file
 from mlfastsim.core.progress import progress_bar
-from mlfastsim.showers.formats import ShowerData, write_native
-from mlfastsim.showers.hadron_data import HadronNormalisation, warn_outside_range
+from mlfastsim.showers.conditioning.grid import HadronNormalisation, warn_outside_range
+from mlfastsim.showers.io.formats import ShowerData, write_native
 
 logger = logging.getLogger(__name__)
 

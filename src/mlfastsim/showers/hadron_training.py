@@ -25,7 +25,7 @@ from mlfastsim.core.devices import DeviceConfig, select_device
 from mlfastsim.core.errors import ConfigError, InputFileError
 from mlfastsim.core.tracking import TrackingConfig, training_run
 from mlfastsim.core.trainer import Trainer, TrainerConfig, TrainResult, split_train_val
-from mlfastsim.showers.hadron_data import HadronDataConfig, HadronNormalisation, load_hadron_data
+from mlfastsim.showers.conditioning.grid import HadronDataConfig, HadronNormalisation, load_hadron_data
 from mlfastsim.showers.models.bibae import BIBAEConfig, PostProcessConfig
 from mlfastsim.showers.models.hadrons import HADRON_MODELS, latent_dim
 from mlfastsim.showers.models.wgan import RegressorConfig, WGANConfig

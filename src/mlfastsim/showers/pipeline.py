@@ -25,8 +25,8 @@ from mlfastsim.core.parallel import (
 )
 from mlfastsim.core.tracking import tracker_from_config
 from mlfastsim.showers.config import ConvertConfig, SimulateConfig, ValidateConfig
-from mlfastsim.showers.formats import ShowerData, read_native, write_native
 from mlfastsim.showers.geometry import CylindricalMesh, load_detector, load_mesh, read_binning_xml
+from mlfastsim.showers.io.formats import ShowerData, read_native, write_native
 
 
 def resolve_mesh(mesh: str | None, binning: Path | None) -> CylindricalMesh | None:
@@ -51,7 +51,7 @@ def simulate_to_file(cfg: SimulateConfig, *, progress: bool = False) -> ShowerDa
     run killed midway resumes from its finished chunks (``.NAME.parts`` beside the output; see
     :mod:`mlfastsim.core.parallel`).
     """
-    from mlfastsim.showers.simulate import make_kinematics
+    from mlfastsim.showers.sim.em import make_kinematics
 
     fingerprint = config_fingerprint(cfg)
     if is_done(cfg.output, fingerprint):
@@ -116,7 +116,7 @@ def _simulate_pions_to_file(cfg: SimulateConfig, fingerprint: str, *, progress: 
     """
     from mlfastsim.core.errors import ConfigError
     from mlfastsim.showers.geometry import CartesianGrid
-    from mlfastsim.showers.hadronic import PARTICLE, SIMULATOR_NAME, load_calorimeter, make_pion_energies
+    from mlfastsim.showers.sim.hadronic import PARTICLE, SIMULATOR_NAME, load_calorimeter, make_pion_energies
 
     grid = load_mesh(cfg.grid)
     if not isinstance(grid, CartesianGrid):
@@ -155,7 +155,7 @@ def convert_to_file(cfg: ConvertConfig, *, progress: bool = False) -> tuple[Show
     """
     from mlfastsim.core.errors import ConfigError
     from mlfastsim.core.parallel import file_signatures
-    from mlfastsim.showers import formats
+    from mlfastsim.showers.io import formats
 
     if cfg.target_format not in formats.WRITERS:
         raise ConfigError(f"unknown output layout {cfg.target_format!r}", field="--to",
@@ -184,13 +184,13 @@ def convert_to_file(cfg: ConvertConfig, *, progress: bool = False) -> tuple[Show
 
 
 def _simulate_pion_task(energies: np.ndarray, grid: Any, calo: Any, seed: int, first_event: int) -> np.ndarray:
-    from mlfastsim.showers.hadronic import simulate_pions
+    from mlfastsim.showers.sim.hadronic import simulate_pions
 
     return simulate_pions(energies, grid, calo, seed, first_event=first_event)
 
 
 def _simulate_task(detector, mesh, energies, angles, particle: str, seed: int, chunk_index: int) -> np.ndarray:
-    from mlfastsim.showers.simulate import simulate_chunk
+    from mlfastsim.showers.sim.em import simulate_chunk
 
     return simulate_chunk(detector, mesh, energies, angles, particle=particle, seed=seed, chunk_index=chunk_index)
 
@@ -203,8 +203,8 @@ def _common_crop(reference: ShowerData, candidate: ShowerData) -> tuple[ShowerDa
     """
     import logging
 
+    from mlfastsim.showers.conditioning.grid import crop_showers
     from mlfastsim.showers.geometry import CartesianGrid
-    from mlfastsim.showers.hadron_data import crop_showers
 
     a, b = reference.mesh, candidate.mesh
     if not (isinstance(a, CartesianGrid) and isinstance(b, CartesianGrid)) or a.shape == b.shape:
@@ -225,7 +225,7 @@ def _common_crop(reference: ShowerData, candidate: ShowerData) -> tuple[ShowerDa
 def validate_files(cfg: ValidateConfig, *, progress: bool = False) -> dict[str, Any]:
     """Read both samples, run the validation and write metrics, figures and the HTML report."""
     from mlfastsim.core.errors import ConfigError
-    from mlfastsim.showers.validate import run_validation
+    from mlfastsim.showers.validation.validate import run_validation
 
     if cfg.reference is None or cfg.candidate is None:
         missing = "--reference" if cfg.reference is None else "--candidate"

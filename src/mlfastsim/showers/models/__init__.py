@@ -19,8 +19,8 @@ from torch import nn
 
 from mlfastsim.core.checkpoint import load_checkpoint
 from mlfastsim.core.errors import ConfigError, InputFileError
+from mlfastsim.showers.conditioning.em import n_conditions
 from mlfastsim.showers.config import ConditioningConfig, VAEConfig
-from mlfastsim.showers.data import n_conditions
 from mlfastsim.showers.geometry import CylindricalMesh
 from mlfastsim.showers.models.vae import ShowerVAE, vae_loss
 

@@ -1,0 +1,299 @@
+"""The native shower format and :class:`ShowerData`, the unit every shower command reads and writes.
+
+A CaloChallenge file plus optional extras (angles, a geometry block); see :mod:`.formats` for the other
+layouts.  This module knows nothing of hits or voxelisation, so the simulators and the voxeliser can
+import it without an import circle through :mod:`.formats`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from mlfastsim.core.errors import ConfigError, DataError, InputFileError
+from mlfastsim.core.io import atomic_path, open_h5
+from mlfastsim.showers.geometry import (
+    MESH_PRESETS,
+    CartesianGrid,
+    CylindricalMesh,
+    Mesh,
+    mesh_from_dict,
+)
+
+NATIVE_FORMAT_VERSION = 1
+
+
+@dataclass
+class ShowerData:
+    """Showers in memory: the unit every shower command reads and writes.
+
+    ``energies`` (N,) and ``showers`` (N, n_voxels) are in MeV, ``angles`` (N,) in degrees.
+    ``meta`` carries free-form provenance (detector block, particle, seed...) stored in the file.
+    """
+
+    energies: np.ndarray
+    showers: np.ndarray
+    mesh: Mesh
+    angles: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.energies = np.asarray(self.energies, dtype=np.float32).reshape(-1)
+        self.showers = np.asarray(self.showers, dtype=np.float32)
+        if self.angles is not None:
+            self.angles = np.asarray(self.angles, dtype=np.float32).reshape(-1)
+
+    def __len__(self) -> int:
+        return int(self.energies.shape[0])
+
+    @property
+    def grid(self) -> np.ndarray:
+        """Showers as (N, n_z, n_phi, n_r) (cylindrical) or (N, n_z, n_y, n_x) (Cartesian), a view."""
+        return self.mesh.to_grid(self.showers)
+
+    def subset(self, index: np.ndarray | slice) -> ShowerData:
+        return ShowerData(
+            energies=self.energies[index],
+            showers=self.showers[index],
+            mesh=self.mesh,
+            angles=None if self.angles is None else self.angles[index],
+            meta=dict(self.meta),
+        )
+
+    def validate(self, *, source: str | Path | None = None) -> ShowerData:
+        """Check shapes and physical sanity; raise a :class:`DataError` naming the field if broken."""
+        n = len(self)
+        if self.showers.ndim != 2:
+            raise DataError(
+                f"showers must be 2-D (N, n_voxels), got shape {self.showers.shape}",
+                file=source, field="showers", fix="store one flattened shower per row",
+            )
+        if self.showers.shape[0] != n:
+            raise DataError(
+                f"{self.showers.shape[0]} showers but {n} incident energies",
+                file=source, field="incident_energies", fix="store one incident energy per shower",
+            )
+        if self.showers.shape[1] != self.mesh.n_voxels:
+            raise DataError(
+                f"showers have {self.showers.shape[1]} voxels but the geometry {self.mesh.describe()} "
+                f"has {self.mesh.n_voxels}",
+                file=source, field="showers", fix="pass the matching geometry (--mesh or --binning)",
+            )
+        if self.angles is not None and self.angles.shape[0] != n:
+            raise DataError(
+                f"{self.angles.shape[0]} incident angles but {n} showers",
+                file=source, field="incident_angles", fix="store one angle per shower",
+            )
+        if self.angles is not None and not np.isfinite(self.angles).all():
+            row = int(np.argwhere(~np.isfinite(self.angles))[0][0])
+            raise DataError(
+                f"NaN/inf incident angle, first in row {row}",
+                file=source, field="incident_angles", fix="remove or repair the broken events",
+            )
+        for name, arr in (("incident_energies", self.energies), ("showers", self.showers)):
+            bad = ~np.isfinite(arr)
+            if bad.any():
+                row = int(np.argwhere(bad)[0][0])
+                raise DataError(
+                    f"{int(bad.sum())} NaN/inf value(s), first in row {row}",
+                    file=source, field=name, fix="remove or repair the broken events",
+                )
+            if (arr < 0).any():
+                row = int(np.argwhere(arr < 0)[0][0])
+                raise DataError(
+                    f"{int((arr < 0).sum())} negative energy value(s), first in row {row}",
+                    file=source, field=name, fix="energies must be >= 0 MeV",
+                )
+        if (self.energies <= 0).any():
+            row = int(np.argwhere(self.energies <= 0)[0][0])
+            raise DataError(
+                f"incident energy must be > 0 (row {row})",
+                file=source, field="incident_energies", fix="remove events with zero incident energy",
+            )
+        return self
+
+
+def guess_mesh(n_voxels: int, *, source: str | Path | None = None) -> CylindricalMesh:
+    """The preset mesh with ``n_voxels`` voxels (for plain CaloChallenge files without a geometry block)."""
+    for name in ("ds2", "par04"):
+        if MESH_PRESETS[name].n_voxels == n_voxels:
+            return MESH_PRESETS[name]
+    raise InputFileError(
+        f"file has no geometry block and {n_voxels} voxels match no preset mesh",
+        file=source, field="showers", fix="pass the geometry with --mesh or --binning FILE.xml",
+    )
+
+
+def _write_calochallenge_datasets(f: h5py.File, data: ShowerData, compression: str | None) -> dict[str, Any]:
+    """The two datasets every shower file has; returns the dataset options for any extra datasets."""
+    kw: dict[str, Any] = {"compression": compression} if compression else {}
+    f.create_dataset("incident_energies", data=data.energies.reshape(-1, 1), **kw)
+    chunks = (min(len(data), 256) or 1, data.showers.shape[1])
+    f.create_dataset("showers", data=data.showers, chunks=chunks, **kw)
+    return kw
+
+
+def write_native(data: ShowerData, path: str | Path, *, compression: str | None = "gzip") -> Path:
+    """Write ``data`` atomically in the native format."""
+    data.validate(source=path)
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            kw = _write_calochallenge_datasets(f, data, compression)
+            if data.angles is not None:
+                f.create_dataset("incident_angles", data=data.angles.reshape(-1, 1), **kw)
+            f.attrs["mlfastsim_format_version"] = NATIVE_FORMAT_VERSION
+            f.attrs["geometry"] = json.dumps(data.mesh.to_dict())
+            if data.meta:
+                f.attrs["meta"] = json.dumps(data.meta, default=str)
+    return Path(path)
+
+
+def _read_dataset(f: h5py.File, key: str, path: Path) -> np.ndarray:
+    try:
+        return np.asarray(f[key][()], dtype=np.float32)
+    except KeyError:
+        raise InputFileError(
+            f"missing dataset {key!r} (found: {', '.join(f.keys()) or 'nothing'})",
+            file=path, field=key, fix="pass a native or CaloChallenge shower file",
+        ) from None
+    except (OSError, TypeError, ValueError) as exc:
+        raise InputFileError(
+            f"dataset {key!r} cannot be read ({exc})", file=path, field=key, fix="re-create the file"
+        ) from exc
+
+
+def read_native(path: str | Path, *, mesh: Mesh | None = None) -> ShowerData:
+    """Read a native (or plain CaloChallenge) shower file and validate it.
+
+    ``mesh`` overrides the geometry stored in the file (e.g. from ``--binning``); without either, the
+    mesh is inferred from the voxel count of the presets.
+    """
+    p = Path(path)
+    with open_h5(p, what="shower file") as f:
+        energies = _read_dataset(f, "incident_energies", p)
+        showers = _read_dataset(f, "showers", p)
+        angles = _read_dataset(f, "incident_angles", p) if "incident_angles" in f else None
+        geometry = f.attrs.get("geometry")
+        meta_raw = f.attrs.get("meta")
+    if showers.ndim != 2:
+        raise DataError(
+            f"showers must be 2-D (N, n_voxels), got shape {showers.shape}",
+            file=p, field="showers", fix="store one flattened shower per row",
+        )
+    if mesh is None:
+        if geometry is not None:
+            try:
+                mesh = mesh_from_dict(json.loads(geometry), source=str(p))
+            except json.JSONDecodeError as exc:
+                raise InputFileError(
+                    "geometry attribute is not valid JSON", file=p, field="geometry", fix="re-create the file"
+                ) from exc
+        else:
+            mesh = guess_mesh(showers.shape[1], source=p)
+    meta: dict[str, Any] = {}
+    if meta_raw is not None:
+        try:
+            meta = json.loads(meta_raw)
+        except json.JSONDecodeError:
+            meta = {}
+    if energies.ndim == 2 and energies.shape[1] != 1:
+        raise DataError(
+            f"incident_energies must have shape (N, 1), got {energies.shape}",
+            file=p, field="incident_energies", fix="store one incident energy per shower",
+        )
+    data = ShowerData(energies=energies, showers=showers, mesh=mesh, angles=angles, meta=meta)
+    return data.validate(source=p)
+
+
+# ------------------------------------------------------------------------------------ shared helpers
+H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+
+
+def expand_inputs(inputs: Sequence[str | Path], *, what: str = "input") -> list[Path]:
+    """Paths as given, with each directory replaced by its HDF5 files (sorted by name).
+
+    Directories are accepted because the Par04 writer produces one file per angle in a directory, and
+    a user converting it back should not have to list the files.
+    """
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in H5_SUFFIXES)
+            if not found:
+                raise InputFileError(
+                    f"{what} directory contains no HDF5 files",
+                    file=p, fix="pass .h5 files or a directory of them",
+                )
+            paths.extend(found)
+        else:
+            paths.append(p)
+    if not paths:
+        raise ConfigError(f"no {what} files given", field="inputs", fix="pass at least one input file")
+    return paths
+
+
+def same_mesh(a: Mesh, b: Mesh) -> bool:
+    """Whether two meshes bin space identically (names may differ: 'ds3' and 'par04' are one mesh)."""
+    if isinstance(a, CartesianGrid) or isinstance(b, CartesianGrid):
+        if not (isinstance(a, CartesianGrid) and isinstance(b, CartesianGrid)):
+            return False
+        return (a.shape == b.shape and (a.axis_x, a.axis_y) == (b.axis_x, b.axis_y)
+                and np.allclose([a.cell_x, a.cell_y, a.cell_z], [b.cell_x, b.cell_y, b.cell_z], rtol=1e-9, atol=0))
+    return (
+        a.shape == b.shape
+        and np.isclose(a.size_z, b.size_z, rtol=1e-9, atol=0.0)
+        and np.allclose(a.r_edges, b.r_edges, rtol=1e-9, atol=0.0)
+    )
+
+
+def concat_showers(parts: Sequence[ShowerData], sources: Sequence[str | Path]) -> ShowerData:
+    """Concatenate showers read from several files into one :class:`ShowerData`.
+
+    The meshes must bin space identically, and either every part has angles or none does (filling in
+    an angle would invent data).  ``meta`` is the first part's, plus ``inputs`` when there are several.
+    """
+    if not parts:
+        raise ConfigError("no input files given", field="inputs", fix="pass at least one input file")
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    for part, src in zip(parts[1:], sources[1:], strict=True):
+        if not same_mesh(part.mesh, first.mesh):
+            raise DataError(
+                f"geometry {part.mesh.describe()} differs from {first.mesh.describe()} of {sources[0]}",
+                file=src, field="geometry", fix="convert files of one geometry at a time",
+            )
+        if (part.angles is None) != (first.angles is None):
+            raise DataError(
+                f"incident angles present in some inputs but not in others (compare with {sources[0]})",
+                file=src, field="incident_angles", fix="convert files with and without angles separately",
+            )
+    meta = dict(first.meta)
+    meta["inputs"] = [str(s) for s in sources]
+    return ShowerData(
+        energies=np.concatenate([p.energies for p in parts]),
+        showers=np.concatenate([p.showers for p in parts]),
+        mesh=first.mesh,
+        angles=None if first.angles is None else np.concatenate([np.asarray(p.angles) for p in parts]),
+        meta=meta,
+    )
+
+
+def sort_by_angle_energy(data: ShowerData, *, default_angle: float = 90.0) -> ShowerData:
+    """``data`` stably sorted by (angle, energy): the order a Par04 round trip returns events in.
+
+    Showers without angles sort as ``default_angle`` (the Par04 writer's assumption: normal incidence).
+    """
+    angles = data.angles if data.angles is not None else np.full(len(data), default_angle, dtype=np.float32)
+    order = np.lexsort((data.energies, angles))  # lexsort is stable; last key is the primary one
+    return data.subset(order)
+
+
+# ------------------------------------------------------------------------------------- native (many)

@@ -1,0 +1,130 @@
+"""Distances between samples: exact limits and the statistics behind the defaults."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mlfastsim.showers.validation.metrics import (
+    binned_counts,
+    compare_profiles,
+    compare_samples,
+    default_n_bins,
+    fpd,
+    frechet_distance,
+    grade,
+    kpd,
+    reference_edges,
+    separation_power,
+    separation_power_floor,
+    wasserstein,
+)
+
+
+def test_separation_power_limits_on_histograms() -> None:
+    h = np.array([1.0, 4.0, 9.0, 2.0])
+    assert separation_power(h, h) == 0.0
+    assert separation_power(h, 3 * h) == pytest.approx(0.0)  # normalised first
+    assert separation_power([1, 2, 0, 0], [0, 0, 5, 1]) == pytest.approx(1.0)
+    # one bin moved: h1 = (1/2, 1/2, 0), h2 = (1/2, 0, 1/2) -> 1/2 (1/4 / 1/2 + 1/4 / 1/2) = 1/2
+    assert separation_power([1, 1, 0], [1, 0, 1]) == pytest.approx(0.5)
+
+
+def test_separation_power_limits_on_samples() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=5000)
+    assert compare_samples(ref, ref)["separation_power"] == 0.0
+    # disjoint: the candidate lies entirely in the overflow bin, where the reference has nothing
+    assert compare_samples(ref, ref + 100.0)["separation_power"] == pytest.approx(1.0)
+    assert compare_samples(ref, ref - 100.0)["separation_power"] == pytest.approx(1.0)
+
+
+def test_separation_power_of_same_distribution_matches_its_floor() -> None:
+    """Two samples of one distribution: mean S = (B-1)/4 (1/N1 + 1/N2); the default B keeps it at 0.0025."""
+    rng = np.random.default_rng(1)
+    n = 2000
+    bins = default_n_bins(n, n)
+    values = [
+        compare_samples(rng.gamma(2.0, size=n), rng.gamma(2.0, size=n))["separation_power"] for _ in range(60)
+    ]
+    floor = separation_power_floor(bins, n, n)
+    assert floor == pytest.approx(0.0025, rel=0.2)
+    # chi2_{B-1}/(2N): the mean of 60 draws has a relative standard error of sqrt(2/(B-1)/60) ~ 6 %
+    assert np.mean(values) == pytest.approx(floor, rel=0.25)
+    # a shift of 0.4 sigma adds ~ (0.4)^2 / 8 = 0.02, far above the floor
+    shifted = compare_samples(rng.normal(size=n), rng.normal(0.4, 1.0, size=n))["separation_power"]
+    assert shifted > 5 * floor
+
+
+def test_default_bins_follow_sample_size() -> None:
+    assert default_n_bins(100, 100) == 10
+    assert default_n_bins(4000, 4000) == 21
+    assert default_n_bins(10_000, 10_000) == 51
+    assert default_n_bins(10**6, 10**6) == 100
+
+
+def test_reference_edges_handle_ties_and_constants() -> None:
+    ref = np.concatenate([np.zeros(900), np.linspace(1, 2, 100)])
+    edges = reference_edges(ref, 10)
+    assert np.all(np.diff(edges) > 0) and edges[0] == 0.0 and edges[-1] == 2.0
+    const = reference_edges(np.full(50, 3.0), 10)
+    assert const.size == 2 and const[0] < 3.0 < const[1]
+    counts = binned_counts(np.array([3.0, 3.0, 4.0, 2.0]), const)
+    assert counts.tolist() == [1, 2, 1]
+    assert compare_samples(np.full(50, 3.0), np.full(50, 3.0))["separation_power"] == 0.0
+
+
+def test_wasserstein_and_its_normalisation() -> None:
+    rng = np.random.default_rng(2)
+    ref = rng.normal(0.0, 2.0, 20000)
+    w, w_norm = wasserstein(ref, ref + 1.0)
+    assert w == pytest.approx(1.0, rel=1e-9)
+    assert w_norm == pytest.approx(0.5, rel=0.02)
+    assert wasserstein(np.ones(10), np.ones(10) * 2)[1] is None  # no spread: normalisation undefined
+
+
+def test_profile_comparison_in_mm() -> None:
+    z = np.arange(10) * 2.0 + 1.0
+    prof = np.exp(-0.5 * ((z - 9.0) / 3.0) ** 2)
+    same = compare_profiles(z, prof, 2.0 * prof)
+    assert same["separation_power"] == pytest.approx(0.0) and same["wasserstein"] == pytest.approx(
+        0.0, abs=1e-12
+    )
+    moved = compare_profiles(z, prof, np.roll(prof, 1))  # one cell deeper: W1 = 2 mm (edges aside)
+    assert moved["wasserstein"] == pytest.approx(2.0, rel=0.05)
+
+
+def test_frechet_distance_of_one_dimensional_gaussians() -> None:
+    # FD(N(m1, s1^2), N(m2, s2^2)) = (m1 - m2)^2 + (s1 - s2)^2
+    fd = frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([3.0]), np.array([[1.0]]))
+    assert fd == pytest.approx(4.0 + 1.0)
+    cov = np.array([[2.0, 0.5], [0.5, 1.0]])
+    assert frechet_distance(np.zeros(2), cov, np.zeros(2), cov) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_fpd_and_kpd_vanish_for_one_distribution_and_grow_with_a_shift() -> None:
+    rng = np.random.default_rng(4)
+    d, n = 8, 3000
+    mix = rng.normal(size=(d, d)) / math.sqrt(d)
+    ref = rng.gamma(3.0, size=(n, d)) @ mix
+    same = rng.gamma(3.0, size=(n, d)) @ mix
+    shifted = same + 0.3 * ref.std(axis=0)
+    f_same, f_shift = fpd(ref, same, seed=0), fpd(ref, shifted, seed=0)
+    assert abs(f_same["value"]) < max(4 * f_same["error"], 0.01)
+    assert f_same["raw"] > f_same["value"]  # the finite-N bias the extrapolation removes
+    assert f_shift["value"] > 0.3 * 0.3 * d * 0.8 and f_shift["value"] > 10 * f_shift["error"]
+    k_same, k_shift = kpd(ref, same, seed=0), kpd(ref, shifted, seed=0)
+    assert abs(k_same["value"]) < 3 * k_same["error"] + 1e-4
+    assert k_shift["value"] > 5 * k_shift["error"]
+    assert grade("fpd", f_same["value"], f_same["error"]) == "pass"
+    assert grade("fpd", f_shift["value"], f_shift["error"]) == "fail"
+
+
+def test_grades() -> None:
+    assert grade("separation_power", 0.004) == "pass"
+    assert grade("separation_power", 0.02) == "warn"
+    assert grade("separation_power", 0.5) == "fail"
+    assert grade("auc", 0.52) == "pass" and grade("auc", 0.95) == "fail"
+    assert grade("wasserstein_norm", None) == "n/a"
