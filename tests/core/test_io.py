@@ -76,3 +76,119 @@ def test_atomic_outputs_get_ordinary_permissions(tmp_path: Path) -> None:
     finally:
         os.umask(mask)
         io_mod._umask.cache_clear()
+
+
+# ------------------------------------------------------------------ reliability (issue 15)
+def test_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    import errno
+
+    dest = tmp_path / "out.h5"
+    with pytest.raises(OutputError) as err, atomic_path(dest) as tmp:
+        tmp.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    line = err.value.one_line()
+    assert str(dest) in line and "no space left" in line and "fix:" in line and "\n" not in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hdf5_style_write_error_is_translated(tmp_path: Path) -> None:
+    dest = tmp_path / "out.h5"
+    with pytest.raises(OutputError, match="read-only"), atomic_path(dest):
+        raise OSError("Can't write data (file write failed: errno = 30, error message = 'Read-only file system')")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_only_go_to_regular_files(tmp_path: Path) -> None:
+    from mlfastsim.core.io import check_output_file
+
+    with pytest.raises(OutputError, match="existing directory"):
+        check_output_file(tmp_path)
+    with pytest.raises(OutputError, match="existing directory"), atomic_path(tmp_path):
+        pass
+    if Path("/dev/null").exists():
+        with pytest.raises(OutputError, match="not a regular file"), atomic_path("/dev/null"):
+            pass
+        assert Path("/dev/null").is_char_device()
+    if Path("/proc/self").exists():
+        with pytest.raises(OutputError):
+            check_output_file("/proc/x.h5")
+    assert check_output_file(tmp_path / "sub" / "ok.h5") == tmp_path / "sub" / "ok.h5"
+    assert [p.name for p in tmp_path.iterdir()] == ["sub"] and not list((tmp_path / "sub").iterdir())
+
+
+def test_stale_tmp_of_a_dead_writer_is_removed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from mlfastsim.core.io import _host_tag, remove_stale_tmp
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".out.h5.abc123.{_host_tag()}-{dead.pid}.tmp"
+    live = tmp_path / f".out.h5.def456.{_host_tag()}-{os.getppid()}.tmp"
+    foreign = tmp_path / f".out.h5.ghi789.otherhost-{dead.pid}.tmp"
+    legacy = tmp_path / ".out.h5.k2j3h4g5.tmp"
+    for p in (stale, live, foreign, legacy):
+        p.write_bytes(b"x")
+    assert remove_stale_tmp(tmp_path) == [stale]
+    assert live.exists() and foreign.exists() and legacy.exists()
+    # the holder of the output's job lock removes every temporary of that output
+    assert sorted(remove_stale_tmp(tmp_path, name="out.h5")) == sorted([live, foreign, legacy])
+
+
+def test_swallowed_ctrl_c_does_not_publish_the_output(tmp_path: Path) -> None:
+    import signal
+
+    dest = tmp_path / "out.h5"
+    with pytest.raises(KeyboardInterrupt), atomic_path(dest) as tmp:
+        tmp.write_bytes(b"half")
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # what a library callback does to an interrupt landing in C code
+    assert not dest.exists() and list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_free_space_and_memory_are_checked_before_work(tmp_path: Path) -> None:
+    from mlfastsim.core.errors import DataError
+    from mlfastsim.core.io import check_allocation, check_free_space
+
+    check_free_space(tmp_path / "o.h5", 1024)
+    with pytest.raises(OutputError, match=r"only .* is free"):
+        check_free_space(tmp_path / "o.h5", 1 << 62)
+    with pytest.raises(DataError, match="of memory"):
+        check_allocation(1 << 62, what="reading showers", file="x.h5")
+
+
+def test_declared_hdf5_shape_must_fit_the_file(tmp_path: Path) -> None:
+    from mlfastsim.core.io import check_h5_dataset
+
+    path = tmp_path / "forged.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("showers", shape=(200_000_000, 6480), dtype="f4")
+        f.create_dataset("real", data=np.zeros((100, 50), "f4"), compression="gzip")
+    with h5py.File(path) as f:
+        with pytest.raises(InputFileError, match=r"declares shape \(200000000, 6480\)"):
+            check_h5_dataset(f["showers"], file=path)
+        assert check_h5_dataset(f["real"], file=path) == 100 * 50 * 4
+
+
+def test_messages_are_cut_at_words() -> None:
+    from mlfastsim.core.errors import clip_words
+
+    text = "invalid load key, 'x'. " + "unexpected pickle opcode " * 10
+    short = clip_words(text, 60)
+    assert len(short) <= 60 and short.endswith("…") and not short[:-1].endswith("opc")
+    assert short[:-1].split()[-1] in text.split()
+    assert clip_words("short text", 60) == "short text"
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/abs", "a/b", "..", ".hidden", ""])
+def test_run_names_cannot_leave_their_folder(name: str) -> None:
+    from mlfastsim.core.config import load_config
+    from mlfastsim.core.errors import ConfigError
+    from mlfastsim.core.tracking import TrackingConfig
+
+    with pytest.raises(ConfigError, match="not a plain folder name"):
+        load_config(TrackingConfig, cli={"run_name": name})

@@ -83,8 +83,8 @@ def test_done_marker(tmp_path) -> None:
     assert (tmp_path / ".out.h5.done.json").is_file()
     clear_done(out)
     assert not is_done(out, "x")
-    out.unlink()
     mark_done(out, "x")
+    out.unlink()
     assert not is_done(out, "x")  # a marker without its output is not a finished job
     # the parallel settings never change an output, so they are not part of the fingerprint
     from mlfastsim.showers.config import SimulateConfig

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from mlfastsim.core.errors import InputFileError
+from mlfastsim.core.errors import InputFileError, clip_words
 from mlfastsim.core.io import atomic_path, require_file
 from mlfastsim.core.seeding import rng_state
 
@@ -45,7 +45,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
             pickle.UnpicklingError) as exc:
         # A file that is not a torch archive at all fails inside the legacy unpickler with odd errors
         # (KeyError on the first byte, for one): they all mean the same thing to a user.
-        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        detail = clip_words((str(exc).splitlines() or [type(exc).__name__])[0], 120)
         raise InputFileError(f"checkpoint cannot be read ({detail or type(exc).__name__})", file=p, fix=fix) from exc
     if not isinstance(state, dict):
         raise InputFileError(f"checkpoint holds a {type(state).__name__}, not a dict of states", file=p, fix=fix)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from mlfastsim.core.errors import ConfigError
 
@@ -23,6 +23,37 @@ class StrictModel(BaseModel):
     """Base for every config section: unknown keys are rejected, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ConfigValueError(ValueError):
+    """A value a validator rejects, with the fix to print (``load_config`` shows both on one line)."""
+
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+
+def check_plain_name(value: str, *, what: str = "name") -> str:
+    """``value`` if it is one plain file or folder name, else :class:`ConfigValueError`.
+
+    Run, study and experiment names become directories under an output folder: ``../../x`` or ``/abs``
+    must not write outside it, and a hidden or empty name would vanish from listings.
+    """
+    bad = (not value or value in (".", "..") or "/" in value or "\\" in value or "\0" in value
+           or value.startswith(".") or len(value) > 200)
+    if bad:
+        raise ConfigValueError(f"{what} {value!r} is not a plain folder name",
+                               fix="use letters, digits, '-' or '_' (no '/', '..' or leading '.')")
+    return value
+
+
+def _plain_name(value: str) -> str:
+    return check_plain_name(value)
+
+
+#: a config field naming a folder that is created under an output directory (a run or study name)
+PlainName = Annotated[str, AfterValidator(_plain_name)]
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -162,6 +193,9 @@ def load_config(
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         fix = "remove or rename the key" if err["type"] == "extra_forbidden" else "give a value of the right type"
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, ConfigValueError):
+            raise ConfigError(cause.message, file="--set" if from_set else path, field=loc, fix=cause.fix) from exc
         raise ConfigError(
             f"{msg} (got {err.get('input')!r})" if err["type"] != "extra_forbidden" else msg,
             file="--set" if from_set else path,

@@ -46,6 +46,22 @@ class MlfastsimError(Exception):
         return self.one_line()
 
 
+def clip_words(text: str, width: int = 160) -> str:
+    """``text`` on one line, cut at a word boundary with an ellipsis when longer than ``width``.
+
+    Library messages quoted in an error can be long; cutting them mid-word ("unexpected pickle o")
+    reads like a bug of its own.
+    """
+    line = " ".join(text.split())
+    if len(line) <= width:
+        return line
+    cut = line[: width - 1]
+    space = cut.rfind(" ")
+    if space >= width // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:") + "…"
+
+
 class ConfigError(MlfastsimError):
     """A config file, a ``--set`` override or a command-line option is invalid."""
 

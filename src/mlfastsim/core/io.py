@@ -3,15 +3,27 @@
 Outputs are written to a temporary name in the destination directory and renamed into place, so a
 crash or Ctrl-C never leaves a half-written file under the final name.  Inputs are opened through
 helpers that turn the zoo of low-level failures (missing, not HDF5, truncated) into one clear error.
+
+Filesystem failures (full disk, read-only or foreign file system, quota) become one
+:class:`OutputError` naming the path and a fix, with the temporary file removed; outputs go only to
+regular files (never onto a directory or a device node such as ``/dev/full``).  Temporary names carry
+the writer's host and pid (``.NAME.<random>.<host>-<pid>.tmp``), so the litter of a killed run is
+recognised and removed by the next writer into the same directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
+import re
+import shutil
+import signal
+import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,12 +31,72 @@ from typing import Any
 import h5py
 import numpy as np
 
-from mlfastsim.core.errors import InputFileError, OutputError
+from mlfastsim.core.errors import DataError, InputFileError, MlfastsimError, OutputError
+
+# errno -> (what happened, how to fix it) for failures that are the environment's, not a bug
+_FS_ERRORS: dict[int, tuple[str, str]] = {
+    errno.ENOSPC: ("no space left on device", "free space on that disk or write the output elsewhere"),
+    errno.EDQUOT: ("disk quota exceeded", "free space within your quota or write the output elsewhere"),
+    errno.EFBIG: ("file too large for this file system or the ulimit -f",
+                  "write to a file system without the limit, or raise ulimit -f"),
+    errno.EROFS: ("read-only file system", "write the output to a writable disk"),
+    errno.EACCES: ("permission denied", "choose a directory you can write to"),
+    errno.EPERM: ("operation not permitted", "choose a directory you can write to"),
+    errno.ENOENT: ("no such file or directory (the file system refused the name)",
+                   "write the output to an ordinary directory"),
+    errno.ENOTDIR: ("a parent of the path is not a directory", "check the output path"),
+    errno.EISDIR: ("is a directory", "pass a file path, not a directory"),
+    errno.ENAMETOOLONG: ("file name too long", "use a shorter output name"),
+}
+# errnos that can only come from writing, so they are translated wherever they are raised
+_WRITE_ONLY_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+_HDF5_ERRNO = re.compile(r"errno = (\d+)")
+
+
+def fs_errno(exc: BaseException) -> int | None:
+    """The system errno behind ``exc``: its own, or the one HDF5 prints in its message (h5py's write
+    errors say ``errno = 28`` in the text but may carry none)."""
+    if isinstance(exc, OSError) and exc.errno:
+        return int(exc.errno)
+    m = _HDF5_ERRNO.search(str(exc))
+    return int(m.group(1)) if m else None
+
+
+def output_error(exc: BaseException, path: str | Path, *, what: str = "output") -> OutputError | None:
+    """The one-line :class:`OutputError` for a filesystem failure writing ``path``, or None when ``exc``
+    is not one (then it is a bug and keeps its traceback)."""
+    code = fs_errno(exc)
+    if code not in _FS_ERRORS:
+        return None
+    problem, fix = _FS_ERRORS[code]
+    return OutputError(f"cannot write {what}: {problem}", file=path, fix=fix)
+
+
+@contextlib.contextmanager
+def translate_fs_errors(path: str | Path, *, what: str = "output", any_errno: bool = False) -> Iterator[None]:
+    """Turn a full disk, read-only file system, quota... raised inside the block into one clear line.
+
+    Only errnos that writing alone produces (ENOSPC, EDQUOT, EFBIG, EROFS) are translated unless
+    ``any_errno``, so a permission problem reading an *input* inside the block keeps its own error.
+    """
+    try:
+        yield
+    except MlfastsimError:
+        raise
+    except (OSError, RuntimeError) as exc:  # h5py reports some write failures as RuntimeError
+        code = fs_errno(exc)
+        if code is not None and (any_errno or code in _WRITE_ONLY_ERRNOS):
+            err = output_error(exc, path, what=what)
+            if err is not None:
+                raise err from exc
+        raise
 
 
 def ensure_writable_dir(directory: str | Path, *, what: str = "output") -> Path:
     """Create ``directory`` if needed and check we can write into it."""
     path = Path(directory)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{what} directory is a file", file=path, fix="pass a directory, or remove the file")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -54,25 +126,212 @@ def plain_file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+def check_output_file(path: str | Path, *, what: str = "output") -> Path:
+    """Fail now, before any work, if ``path`` cannot become a regular file.
+
+    Refuses an existing directory, device node, pipe or socket (``-o /dev/full`` must never replace the
+    device), creates the parent directory, and writes and removes a probe file there, so a read-only
+    or pseudo file system (``/proc``) is reported before hours of work instead of after.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{what} is an existing directory", file=p,
+                          fix="pass a file path (e.g. DIR/out.h5), not a directory")
+    if p.exists() and not p.is_file():
+        raise OutputError(f"{what} exists and is not a regular file (a device, pipe or socket)", file=p,
+                          fix="outputs go to regular files: pass an ordinary file path")
+    parent = ensure_writable_dir(p.parent if str(p.parent) else Path("."), what=what)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{p.name[:64]}.", suffix=_tmp_suffix(), dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise (output_error(exc, p, what=what) or OutputError(
+            f"cannot write {what} ({exc.strerror})", file=p, fix="choose a directory you can write to")) from exc
+    return p
+
+
+def free_bytes(directory: str | Path) -> int:
+    """Free bytes for an unprivileged user on the file system holding ``directory`` (or its nearest
+    existing ancestor, for an output directory not created yet)."""
+    d = Path(directory).absolute()
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    return int(shutil.disk_usage(d).free)
+
+
+def check_free_space(path: str | Path, nbytes: int, *, what: str = "output") -> None:
+    """Refuse to start a job whose output (``nbytes``, an estimate) cannot fit on the disk of ``path``.
+
+    Checked before any work, so a full disk is a one-line refusal and not a crash after hours.
+    """
+    target = Path(path)
+    free = free_bytes(target if target.is_dir() else target.parent if str(target.parent) else Path("."))
+    if nbytes > free:
+        raise OutputError(f"{what} needs about {format_bytes(nbytes)} but only {format_bytes(free)} is free "
+                          f"on its disk", file=path,
+                          fix="free space, write elsewhere (-o) or ask for fewer events")
+
+
+def available_memory() -> int:
+    """Bytes of memory this process can still allocate without swapping (MemAvailable)."""
+    try:
+        import psutil  # a dependency of dask.distributed
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # pragma: no cover - psutil missing or unsupported platform
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def check_allocation(nbytes: int, *, what: str, file: str | Path | None = None, field: str | None = None,
+                     fix: str = "use a smaller input or read it in parts") -> None:
+    """Refuse an allocation of ``nbytes`` that cannot fit in the memory available now.
+
+    Called with sizes taken from a file's declared shapes or a checkpoint's settings *before* numpy or
+    torch tries (and the kernel's OOM killer or a MemoryError traceback answers instead).
+    """
+    avail = available_memory()
+    if nbytes > avail:
+        raise DataError(f"{what} would need {format_bytes(nbytes)} of memory, {format_bytes(avail)} is available",
+                        file=file, field=field, fix=fix)
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB' (for messages)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover
+
+
+# ------------------------------------------------------------------ temporary files
+@functools.cache
+def _host_tag() -> str:
+    host = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:32] or "host"
+    return host
+
+
+def _tmp_suffix() -> str:
+    """``.<host>-<pid>.tmp``: who wrote a temporary file, so a dead writer's litter can be told apart."""
+    return f".{_host_tag()}-{os.getpid()}.tmp"
+
+
+_TMP_OWNER = re.compile(r"\.([A-Za-z0-9_]+)-(\d+)\.tmp$")
+_CLEANED_DIRS: set[str] = set()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_tmp(directory: str | Path, name: str | None = None) -> list[Path]:
+    """Remove temporary files left in ``directory`` by writers that died (kill -9, power loss).
+
+    A file counts as stale when its tag names this host and a pid that no longer runs; temporaries of
+    live writers and of other hosts (a shared disk) are left alone.  With ``name``, every temporary of
+    that output is removed whatever its tag, old-style ``.NAME.xxxxxxxx.tmp`` included: the caller
+    holds the output's job lock (:func:`mlfastsim.core.resume.job_lock`), so no one else writes it.
+    """
+    d = Path(directory)
+    removed = []
+    try:
+        entries = list(os.scandir(d))
+    except OSError:
+        return removed
+    for entry in entries:
+        n = entry.name
+        if not (n.startswith(".") and n.endswith(".tmp")):
+            continue
+        stale = name is not None and n.startswith(f".{name}.")
+        if not stale:
+            m = _TMP_OWNER.search(n)
+            stale = bool(m and m.group(1) == _host_tag() and int(m.group(2)) != os.getpid()
+                         and not _pid_alive(int(m.group(2))))
+        if stale:
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+# Ctrl-C that lands inside C code (HDF5) can be swallowed by a library callback; counting SIGINTs lets an
+# atomic write notice one and refuse to publish its output (the CLI then exits 130).
+_SIGINTS = [0]
+_WATCHERS = [0]
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    _SIGINTS[0] += 1
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _watch_interrupts() -> Iterator[None]:
+    installed = False
+    if threading.current_thread() is threading.main_thread():
+        current = signal.getsignal(signal.SIGINT)
+        if current is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _on_sigint)
+            installed = True
+        elif current is not _on_sigint:
+            # someone else's handler (an app embedding us): leave it alone
+            pass
+    _WATCHERS[0] += 1
+    try:
+        yield
+    finally:
+        _WATCHERS[0] -= 1
+        if installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @contextlib.contextmanager
 def atomic_path(destination: str | Path, *, what: str = "output") -> Iterator[Path]:
     """Yield a temporary path next to ``destination``; rename it into place only on success.
 
     The temporary file lives in the same directory so the final ``os.replace`` is atomic.  On any
-    exception the temporary file is removed and ``destination`` is left untouched.
+    exception the temporary file is removed and ``destination`` is left untouched; a filesystem failure
+    (full disk, read-only...) becomes one :class:`OutputError`; a Ctrl-C swallowed by a library while
+    the block ran is re-raised instead of publishing the file.  ``destination`` must be (or become) a
+    regular file: an existing directory or device node is refused before anything is written.
     """
     dest = Path(destination)
+    if dest.is_dir() or (dest.exists() and not dest.is_file()):
+        check_output_file(dest, what=what)  # raises the matching one-line error
     parent = ensure_writable_dir(dest.parent if str(dest.parent) else Path("."), what=what)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
+    key = str(parent.resolve())
+    if key not in _CLEANED_DIRS:
+        _CLEANED_DIRS.add(key)
+        remove_stale_tmp(parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=_tmp_suffix(), dir=parent)
+    except OSError as exc:
+        raise (output_error(exc, dest, what=what) or OutputError(
+            f"cannot write {what} ({exc.strerror})", file=dest, fix="choose a directory you can write to")) from exc
     os.close(fd)
     tmp = Path(tmp_name)
+    sigints = _SIGINTS[0]
     try:
-        yield tmp
-        if tmp.is_file():
-            # mkstemp creates 0600; give the file the permissions a plain open() would (0666 & ~umask),
-            # so outputs on a shared cluster disk are readable by the group like any other file
-            os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, dest)
+        with _watch_interrupts(), translate_fs_errors(dest, what=what, any_errno=False):
+            yield tmp
+            if _SIGINTS[0] != sigints:
+                raise KeyboardInterrupt
+            if tmp.is_file():
+                # mkstemp creates 0600; give the file the permissions a plain open() would (0666 & ~umask),
+                # so outputs on a shared cluster disk are readable by the group like any other file
+                os.chmod(tmp, 0o666 & ~_umask())
+            try:
+                os.replace(tmp, dest)
+            except OSError as exc:
+                raise (output_error(exc, dest, what=what) or exc) from exc
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -135,3 +394,33 @@ def open_h5(path: str | Path, *, what: str = "input file") -> h5py.File:
         raise InputFileError(
             "not an HDF5 file", file=p, fix="pass an .h5 file written by mlfastsim or a CaloChallenge file"
         ) from exc
+
+
+# Deflate, the strongest filter HDF5 files commonly use, shrinks at most ~1032:1; a chunked dataset whose
+# declared size exceeds its stored bytes by more than this cannot be real data.
+MAX_COMPRESSION_RATIO = 1100
+
+
+def check_h5_dataset(dataset: h5py.Dataset, *, file: str | Path, field: str | None = None,
+                     rows: int | None = None) -> int:
+    """Check that ``dataset``'s declared shape can be backed by the bytes the file holds, and that
+    reading it (or its first ``rows`` rows) fits in memory; return the bytes a full read needs.
+
+    A 1.6 KB file can declare a (2e8, 6480) dataset; reading it would allocate terabytes of fill
+    values.  Contiguous data must be stored in full; chunked data may be compressed, but not beyond
+    :data:`MAX_COMPRESSION_RATIO`.  Checked before anything is allocated.
+    """
+    name = field or dataset.name.lstrip("/")
+    nbytes = int(np.prod(dataset.shape, dtype=np.float64) * dataset.dtype.itemsize) if dataset.shape else 0
+    stored = int(dataset.id.get_storage_size())
+    if nbytes > 0:
+        limit = stored if dataset.chunks is None else stored * MAX_COMPRESSION_RATIO
+        if nbytes > limit + 4096:
+            raise InputFileError(
+                f"declares shape {tuple(dataset.shape)} ({format_bytes(nbytes)}) but stores only "
+                f"{format_bytes(stored)}", file=file, field=name,
+                fix="the file is truncated or forged: re-create it")
+    want = nbytes if rows is None or not dataset.shape else int(nbytes * min(rows, dataset.shape[0])
+                                                                 / max(dataset.shape[0], 1))
+    check_allocation(want, what=f"reading {name}", file=file, field=name)
+    return nbytes

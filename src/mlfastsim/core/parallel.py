@@ -6,11 +6,14 @@ single-threaded worker processes, ``scheduler="tcp://host:8786"`` connects to an
 carries its own seed), so results are identical whatever the number of workers; they are returned in
 task order.
 
-Idempotent jobs: a job names a :class:`TaskCache` (finished task results on disk, kept until the job's
-output is written) so a rerun after a killed run recomputes only the missing tasks, and marks its
-finished output with :func:`mark_done` so a rerun with the same inputs and settings skips it
-(:func:`is_done`).  Both are keyed by a :func:`job_fingerprint` of everything that determines the output
-except the parallel settings, which by construction do not change it.
+Idempotent jobs (:mod:`mlfastsim.core.resume`, re-exported here): a job names a :class:`TaskCache`
+(finished task results stored as data, kept until the job's output is written; opening it makes the job
+the one writer of its output) so a rerun after a killed run recomputes only the missing tasks, and marks
+its finished output with :func:`mark_done` so a rerun with the same inputs and settings skips it while
+the output still holds the bytes it wrote (:func:`is_done`).  Both are keyed by a
+:func:`job_fingerprint` of everything that determines the output except the parallel settings, which by
+construction do not change it.  :func:`iter_tasks` yields results in task order with a bounded number
+in flight, for jobs that append each chunk to their output as it comes (memory flat in N).
 """
 
 from __future__ import annotations
@@ -18,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import pickle
-import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,8 +29,35 @@ from pydantic import Field
 
 from mlfastsim.core.config import StrictModel
 from mlfastsim.core.errors import ConfigError, MlfastsimError
-from mlfastsim.core.io import atomic_path, atomic_write_json
 from mlfastsim.core.progress import progress_bar
+from mlfastsim.core.resume import (
+    TaskCache,
+    cache_dir_for,
+    clear_done,
+    done_info,
+    is_done,
+    job_lock,
+    mark_done,
+)
+
+__all__ = [
+    "ParallelConfig",
+    "TaskCache",
+    "cache_dir_for",
+    "clear_done",
+    "config_fingerprint",
+    "dask_client",
+    "done_info",
+    "file_signatures",
+    "is_done",
+    "iter_tasks",
+    "job_fingerprint",
+    "job_lock",
+    "mark_done",
+    "run_tasks",
+]
+
+_MISSING = object()
 
 T = TypeVar("T")
 
@@ -98,10 +126,11 @@ def run_tasks(
     out: list[Any] = [None] * len(tasks)
     todo = []
     for i in range(len(tasks)):
-        if cache is not None and cache.has(i):
-            out[i] = cache.load(i)
+        value = cache.get(i, _MISSING) if cache is not None else _MISSING
+        if value is _MISSING:
+            todo.append(i)  # not run yet, or its record is corrupt / of another job: (re)compute it
         else:
-            todo.append(i)
+            out[i] = value
     if not todo:
         return out
     if workers <= 1 and not scheduler:
@@ -132,6 +161,77 @@ def run_tasks(
         return out
 
 
+def iter_tasks(
+    fn: Callable[..., T],
+    tasks: Sequence[tuple[Any, ...]],
+    *,
+    workers: int = 1,
+    scheduler: str | None = None,
+    description: str = "working",
+    progress: bool = True,
+    cache: TaskCache | None = None,
+    window: int | None = None,
+) -> Iterator[T]:
+    """Yield ``fn(*task)`` for every task **in task order**, as a stream: what a job that appends each
+    chunk to its output needs so that its memory does not grow with the number of tasks.
+
+    Serially, one task at a time; on Dask, at most ``window`` tasks (default twice the workers) are
+    submitted ahead of the one being consumed, so finished-but-unconsumed results stay bounded too.
+    With a ``cache``, a stored result is read back when its turn comes (a corrupt or foreign one is
+    recomputed) and every new result is stored before it is yielded.
+    """
+    n = len(tasks)
+    if n == 0:
+        return
+    todo = [i for i in range(n) if cache is None or not cache.has(i)]
+    if workers <= 1 and not scheduler:
+        with progress_bar(len(todo), description, enabled=progress) as bar:
+            for i in range(n):
+                value = cache.get(i, _MISSING) if cache is not None else _MISSING
+                if value is _MISSING:
+                    value = fn(*tasks[i])
+                    if cache is not None:
+                        cache.save(i, value)
+                    bar.advance()
+                yield value
+                del value  # the next task must not keep this chunk alive
+        return
+
+    name = getattr(fn, "__name__", "task")
+    with dask_client(workers, scheduler) as client:
+        n_workers = max(len(client.scheduler_info().get("workers", {})), workers, 1)
+        ahead = max(int(window or 2 * n_workers), 1)
+        queue = iter(todo)
+        pending: dict[int, Any] = {}
+
+        def refill() -> None:
+            while len(pending) < ahead:
+                j = next(queue, None)
+                if j is None:
+                    return
+                pending[j] = client.submit(fn, *tasks[j], pure=False, key=f"{name}-{j}")
+
+        label = f"{description} ({'cluster' if scheduler else f'{n_workers} workers'})"
+        with progress_bar(len(todo), label, enabled=progress) as bar:
+            for i in range(n):
+                refill()
+                if i in pending:
+                    value = pending.pop(i).result()  # re-raises a task's MlfastsimError unchanged
+                else:
+                    value = cache.get(i, _MISSING) if cache is not None else _MISSING
+                    if value is _MISSING:  # its record proved corrupt: run it now
+                        value = client.submit(fn, *tasks[i], pure=False, key=f"{name}-{i}-again").result()
+                    else:
+                        yield value
+                        del value
+                        continue
+                if cache is not None:
+                    cache.save(i, value)
+                bar.advance()
+                yield value
+                del value  # the next wait must not keep this chunk alive
+
+
 # ------------------------------------------------------------------ idempotent jobs
 def job_fingerprint(*parts: Any) -> str:
     """sha256 of the JSON of ``parts`` (configs as ``model_dump(mode="json")`` minus ``parallel``, file
@@ -154,83 +254,3 @@ def config_fingerprint(cfg: Any, *extra: Any) -> str:
     dump = cfg.model_dump(mode="json")
     dump.pop("parallel", None)
     return job_fingerprint(dump, *extra)
-
-
-def _marker(output: str | Path) -> Path:
-    p = Path(output)
-    return p.parent / f".{p.name}.done.json"
-
-
-def is_done(output: str | Path, fingerprint: str) -> bool:
-    """True when ``output`` exists and was finished by a job with this fingerprint (safe to skip)."""
-    marker = _marker(output)
-    if not (Path(output).exists() and marker.is_file()):
-        return False
-    try:
-        return json.loads(marker.read_text()).get("fingerprint") == fingerprint
-    except (OSError, ValueError):
-        return False
-
-
-def mark_done(output: str | Path, fingerprint: str, info: dict[str, Any] | None = None) -> None:
-    """Record that ``output`` is complete for ``fingerprint`` (a hidden ``.NAME.done.json`` beside it),
-    with ``info`` (e.g. the job's counts) for a skipped rerun to report."""
-    atomic_write_json(_marker(output), {"fingerprint": fingerprint, "output": Path(output).name,
-                                        "info": info or {}})
-
-
-def done_info(output: str | Path) -> dict[str, Any]:
-    """The ``info`` :func:`mark_done` stored for ``output`` ({} when none)."""
-    try:
-        return dict(json.loads(_marker(output).read_text()).get("info") or {})
-    except (OSError, ValueError):
-        return {}
-
-
-def clear_done(output: str | Path) -> None:
-    """Forget that ``output`` was finished (before rewriting it)."""
-    _marker(output).unlink(missing_ok=True)
-
-
-class TaskCache:
-    """Finished task results of one job on disk (``task_000012.pkl``), so a killed job resumes.
-
-    The directory holds a ``fingerprint`` file; results of a job with another fingerprint (other inputs or
-    settings) are discarded on open.  Results are pickled by this process, atomically, as they arrive;
-    :meth:`clear` removes the directory once the job's output is written.
-    """
-
-    def __init__(self, directory: str | Path, fingerprint: str) -> None:
-        self.directory = Path(directory)
-        stamp = self.directory / "fingerprint"
-        if self.directory.exists() and (not stamp.is_file() or stamp.read_text().strip() != fingerprint):
-            shutil.rmtree(self.directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if not stamp.is_file():
-            stamp.write_text(fingerprint + "\n")
-
-    def _path(self, i: int) -> Path:
-        return self.directory / f"task_{i:06d}.pkl"
-
-    def has(self, i: int) -> bool:
-        return self._path(i).is_file()
-
-    def load(self, i: int) -> Any:
-        with open(self._path(i), "rb") as fh:
-            return pickle.load(fh)
-
-    def save(self, i: int, result: Any) -> None:
-        with atomic_path(self._path(i)) as tmp, open(tmp, "wb") as fh:
-            pickle.dump(result, fh, protocol=pickle.HIGHEST_PROTOCOL)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self.directory.glob("task_*.pkl"))
-
-    def clear(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def cache_dir_for(output: str | Path) -> Path:
-    """Where a job writing ``output`` keeps its finished tasks: a hidden ``.NAME.parts`` beside it."""
-    p = Path(output)
-    return p.parent / f".{p.name}.parts"

@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-from mlfastsim.core.config import StrictModel
+from mlfastsim.core.config import PlainName, StrictModel, check_plain_name
 from mlfastsim.core.errors import ConfigError
 from mlfastsim.core.io import atomic_write_json, ensure_writable_dir
 
@@ -30,7 +30,7 @@ class TrackingConfig(StrictModel):
 
     backend: Literal["local", "mlflow", "wandb"] = "local"
     dir: Path = Path("runs")
-    run_name: str | None = None
+    run_name: PlainName | None = None  # a folder under dir: never '../x' (it would write outside dir)
 
 
 @runtime_checkable
@@ -160,7 +160,7 @@ def tracker_from_config(cfg: TrackingConfig, default_name: str) -> Tracker:
 
     Without an explicit run name, the default gets a timestamp so repeated runs never mix their metrics.
     """
-    name = cfg.run_name or f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = cfg.run_name or f"{check_plain_name(default_name, what='run name')}-{time.strftime('%Y%m%d-%H%M%S')}"
     return make_tracker(cfg.backend, cfg.dir / name, run_name=name)
 
 

@@ -1,0 +1,368 @@
+"""What makes a data job safe to kill, rerun, and run twice: one writer, a data-only cache, "done" checked
+against the output itself.
+
+``job_lock(output)``
+    One writer per output, held by an OS file lock (``fcntl.flock`` on a hidden ``.NAME.lock`` beside
+    it).  The kernel drops the lock when the process dies, so a kill -9 never leaves a stale lock; a
+    second job on the same ``-o`` stops at once with "another job (pid N) is writing X".
+:class:`TaskCache`
+    Finished task results of one job in ``.NAME.parts/task_000012.npz``, stored as data
+    (:mod:`mlfastsim.core.records`, never pickle) and tagged with the job fingerprint and task index.  A
+    record of another job, a corrupt or truncated one, or a planted file is not used: the task is
+    recomputed.  Opening a cache takes the output's job lock, so two jobs can never share one.
+:func:`mark_done` / :func:`is_done`
+    A sidecar ``.NAME.done.json`` holding the job fingerprint *and the output's signature* (size, mtime,
+    ctime, inode and SHA-256 of its bytes).  A rerun trusts it only while the output is byte-for-byte
+    the file the job wrote: ``cp``, ``generate -o`` or an edit replacing the output makes the job run
+    again.  The stat fields make the common check free; the hash decides when they differ (ctime
+    cannot be set back, so ``cp -p`` does not fool it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from mlfastsim.core.errors import OutputError
+from mlfastsim.core.io import (
+    atomic_path,
+    atomic_write_json,
+    ensure_writable_dir,
+    output_error,
+    plain_file_mode,
+    remove_stale_tmp,
+    translate_fs_errors,
+)
+from mlfastsim.core.records import RecordError, read_record, write_record
+
+log = logging.getLogger(__name__)
+
+_MISSING = object()
+
+
+# ------------------------------------------------------------------ one writer per output
+def lock_path_for(output: str | Path) -> Path:
+    """The lock file of ``output``: a hidden ``.NAME.lock`` beside it."""
+    p = Path(output)
+    return p.parent / f".{p.name}.lock"
+
+
+# lock file (resolved) -> [fd, depth]: a process may re-enter its own lock (a job opening its cache twice)
+_HELD: dict[str, list[int]] = {}
+
+
+def _lock_key(output: str | Path) -> str:
+    lock = lock_path_for(output)
+    return str(lock.parent.resolve() / lock.name)
+
+
+def _holder(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 200).decode("utf-8", "replace").split()
+    except OSError:
+        return "?"
+    return text[0] if text and text[0].isdigit() else "?"
+
+
+def acquire_job_lock(output: str | Path) -> None:
+    """Become the one writer of ``output`` or raise "another job (pid N) is writing ``output``".
+
+    Re-entrant within a process.  The lock file is checked to still be the one on disk after locking
+    (a finishing job unlinks it), so two jobs can never both believe they hold it.
+    """
+    key = _lock_key(output)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        return
+    lock = lock_path_for(output)
+    ensure_writable_dir(lock.parent if str(lock.parent) else Path("."))
+    for _ in range(20):
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, plain_file_mode())
+        except OSError as exc:
+            raise (output_error(exc, output) or OutputError(
+                f"cannot create the job lock ({exc.strerror})", file=lock,
+                fix="choose an output directory you can write to")) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _holder(fd)
+            os.close(fd)
+            raise OutputError(f"another job (pid {pid}) is writing {output}",
+                              fix="wait for it to finish, or write to another -o") from None
+        except OSError as exc:  # a file system without locks
+            os.close(fd)
+            raise OutputError(f"cannot lock {lock} ({exc.strerror})", file=output,
+                              fix="write the output to a local or lock-capable disk") from exc
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # unlinked by the previous holder between our open and our lock: take the new file
+            os.close(fd)
+            continue
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        _HELD[key] = [fd, 1]
+        # we are the only writer: any temporary of this output is a dead run's litter
+        remove_stale_tmp(lock.parent, name=Path(output).name)
+        return
+    raise OutputError(f"cannot take the job lock of {output} (it keeps changing)", file=lock,
+                      fix="check that no other job is being started on the same output in a loop")
+
+
+def release_job_lock(output: str | Path, *, all_levels: bool = False) -> None:
+    """Leave one level of the lock (every level with ``all_levels``); the last one removes the file."""
+    key = _lock_key(output)
+    held = _HELD.get(key)
+    if held is None:
+        return
+    held[1] = 0 if all_levels else held[1] - 1
+    if held[1] > 0:
+        return
+    del _HELD[key]
+    with contextlib.suppress(OSError):
+        os.unlink(key)  # while still locked: a waiter that opened the old file sees it is gone and retries
+    os.close(held[0])
+
+
+def holds_job_lock(output: str | Path) -> bool:
+    """True when this process holds the job lock of ``output``."""
+    return _lock_key(output) in _HELD
+
+
+@contextlib.contextmanager
+def job_lock(output: str | Path) -> Iterator[None]:
+    """Hold the one-writer lock of ``output`` for the block (see :func:`acquire_job_lock`)."""
+    acquire_job_lock(output)
+    try:
+        yield
+    finally:
+        release_job_lock(output)
+
+
+# ------------------------------------------------------------------ resume cache
+def cache_dir_for(output: str | Path) -> Path:
+    """Where a job writing ``output`` keeps its finished tasks: a hidden ``.NAME.parts`` beside it."""
+    p = Path(output)
+    return p.parent / f".{p.name}.parts"
+
+
+def output_for_cache_dir(directory: str | Path) -> Path:
+    """The output a ``.NAME.parts`` directory belongs to (the directory itself for other names)."""
+    d = Path(directory)
+    if d.name.startswith(".") and d.name.endswith(".parts") and len(d.name) > len("..parts"):
+        return d.parent / d.name[1 : -len(".parts")]
+    return d
+
+
+class TaskCache:
+    """Finished task results of one job on disk (``task_000012.npz``), so a killed job resumes.
+
+    Opening it takes the job lock of its output (released by :meth:`clear`, or by the kernel when the
+    process dies).  The directory holds a ``fingerprint`` file; the results of a job with another
+    fingerprint are discarded on open, and every record is also tagged with the fingerprint and its
+    task index and checked on load.  Records are data (:mod:`mlfastsim.core.records`): loading one
+    cannot run code.  Old pickled results (``*.pkl``) are deleted unread.
+    """
+
+    def __init__(self, directory: str | Path, fingerprint: str) -> None:
+        self.directory = Path(directory)
+        self.fingerprint = fingerprint
+        self.output = output_for_cache_dir(self.directory)
+        acquire_job_lock(self.output)
+        try:
+            with translate_fs_errors(self.directory, what="resume cache", any_errno=True):
+                self._open()
+        except BaseException:
+            release_job_lock(self.output)
+            raise
+
+    def _open(self) -> None:
+        stamp = self.directory / "fingerprint"
+        if self.directory.is_symlink() or (self.directory.exists() and not self.directory.is_dir()):
+            self.directory.unlink()
+        if self.directory.exists():
+            try:
+                same = stamp.is_file() and stamp.read_text().strip() == self.fingerprint
+            except (OSError, UnicodeDecodeError):
+                same = False
+            if not same:
+                shutil.rmtree(self.directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not stamp.is_file():
+            with atomic_path(stamp, what="resume cache") as tmp:
+                tmp.write_text(self.fingerprint + "\n")
+        # we hold the lock: temporaries here are a killed run's, and pickles are never read
+        for p in list(self.directory.iterdir()):
+            if p.name.endswith((".tmp", ".pkl")):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+    def _path(self, i: int) -> Path:
+        return self.directory / f"task_{i:06d}.npz"
+
+    def _tag(self, i: int) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint, "task": int(i)}
+
+    def has(self, i: int) -> bool:
+        """A record of task ``i`` exists (it may still prove corrupt: use :meth:`get` to read it)."""
+        return self._path(i).is_file()
+
+    def get(self, i: int, default: Any = None) -> Any:
+        """The stored result of task ``i``, or ``default`` when absent, corrupt or not this job's.
+
+        A record that cannot be used is deleted (with a log line), so the caller recomputes the task.
+        """
+        path = self._path(i)
+        if not path.is_file():
+            return default
+        try:
+            return read_record(path, self._tag(i))
+        except RecordError as exc:
+            log.warning("cached result %s cannot be used (%s): recomputing that task", path, exc)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return default
+
+    def load(self, i: int) -> Any:
+        """The stored result of task ``i``; :class:`KeyError` when it is absent or unusable (recompute)."""
+        value = self.get(i, _MISSING)
+        if value is _MISSING:
+            raise KeyError(i)
+        return value
+
+    def save(self, i: int, result: Any) -> None:
+        """Store ``result`` of task ``i`` atomically (a killed save leaves no record)."""
+        with atomic_path(self._path(i), what="resume cache") as tmp, open(tmp, "wb") as fh:
+            write_record(fh, result, self._tag(i))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.directory.glob("task_*.npz"))
+
+    def clear(self) -> None:
+        """Remove the cache (the job's output is written) and give up the job lock."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+        release_job_lock(self.output, all_levels=True)
+
+
+# ------------------------------------------------------------------ "done" is a property of the output
+def _marker(output: str | Path) -> Path:
+    p = Path(output)
+    return p.parent / f".{p.name}.done.json"
+
+
+_HASH_BLOCK = 8 << 20
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_HASH_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _stat_sig(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
+
+
+def _files_of(output: Path, companions: Iterable[str | Path]) -> list[Path]:
+    """The regular files whose bytes make up ``output``: itself, or a directory's visible files."""
+    if output.is_dir():
+        files = sorted(p for p in output.iterdir() if p.is_file() and not p.name.startswith("."))
+    else:
+        files = [output]
+    return files + [Path(c) for c in companions]
+
+
+def output_signature(output: str | Path, companions: Iterable[str | Path] = ()) -> dict[str, Any]:
+    """What identifies the bytes of ``output`` (and of ``companions``): per file, stat fields + SHA-256."""
+    out = Path(output)
+    return {str(p.name if p.parent == out or p == out else p): {**_stat_sig(p), "sha256": _sha256(p)}
+            for p in _files_of(out, companions)}
+
+
+def _matches(output: Path, recorded: dict[str, Any], companions: list[Path]) -> tuple[bool, bool]:
+    """(same bytes, same stat fields) of the output now versus its recorded signature."""
+    files = _files_of(output, companions)
+    names = [str(p.name if p.parent == output or p == output else p) for p in files]
+    if sorted(names) != sorted(recorded):
+        return False, False
+    unchanged = True
+    for name, p in zip(names, files, strict=True):
+        rec = recorded[name]
+        try:
+            now = _stat_sig(p)
+        except OSError:
+            return False, False
+        if now["size"] != rec.get("size"):
+            return False, False
+        if all(now[k] == rec.get(k) for k in ("mtime_ns", "ctime_ns", "ino")):
+            continue
+        unchanged = False
+        try:
+            if _sha256(p) != rec.get("sha256"):
+                return False, False
+        except OSError:
+            return False, False
+    return True, unchanged
+
+
+def is_done(output: str | Path, fingerprint: str, *, companions: Iterable[str | Path] = ()) -> bool:
+    """True when ``output`` is exactly what a job with this ``fingerprint`` wrote (safe to skip).
+
+    The marker must name the fingerprint and the output must still have the recorded bytes: a file
+    replaced by ``cp``, another command or an edit is not done, whatever the marker says.
+    """
+    out = Path(output)
+    comps = [Path(c) for c in companions]
+    if not out.exists() or not all(c.is_file() for c in comps):
+        return False
+    try:
+        marker = json.loads(_marker(out).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(marker, dict) or marker.get("fingerprint") != fingerprint:
+        return False
+    recorded = marker.get("signature")
+    if not isinstance(recorded, dict):
+        return False  # a marker of the old kind (no signature): the output cannot be trusted
+    same, unchanged = _matches(out, recorded, comps)
+    if same and not unchanged:  # same bytes, new stat (touch, chmod, a copy back): refresh the fast path
+        with contextlib.suppress(OSError, OutputError):
+            marker["signature"] = output_signature(out, comps)
+            atomic_write_json(_marker(out), marker)
+    return same
+
+
+def mark_done(output: str | Path, fingerprint: str, info: dict[str, Any] | None = None, *,
+              companions: Iterable[str | Path] = ()) -> None:
+    """Record that ``output`` (plus ``companions``, files written with it) is complete for
+    ``fingerprint``, with its signature and ``info`` (e.g. the job's counts) for a skipped rerun."""
+    out = Path(output)
+    atomic_write_json(_marker(out), {"fingerprint": fingerprint, "output": out.name, "info": info or {},
+                                     "signature": output_signature(out, companions)})
+
+
+def done_info(output: str | Path) -> dict[str, Any]:
+    """The ``info`` :func:`mark_done` stored for ``output`` ({} when none)."""
+    try:
+        return dict(json.loads(_marker(output).read_text()).get("info") or {})
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
+def clear_done(output: str | Path) -> None:
+    """Forget that ``output`` was finished (before rewriting it)."""
+    _marker(output).unlink(missing_ok=True)
