@@ -71,6 +71,7 @@ from mlfastsim.core.errors import ConfigError
 from mlfastsim.core.progress import progress_bar
 from mlfastsim.showers.geometry import CartesianGrid
 from mlfastsim.showers.io.formats import ShowerData
+from mlfastsim.showers.sim.em import apply_cell_floor
 
 SIMULATOR_NAME = "bock-twocomponent-spots"
 PARTICLE = "pion"
@@ -689,6 +690,8 @@ def simulate_pions(
 ) -> np.ndarray:
     """Simulate charged-pion showers; returns (N, grid.n_voxels) float32 cell energies in MeV.
 
+    Cells below :data:`~mlfastsim.showers.sim.em.CELL_ENERGY_FLOOR_MEV` (1 eV) are exactly 0.
+
     The particle enters the front face at the centre of cell (axis_x, axis_y), at normal incidence.
     Shower i uses the random stream (seed, first_event + i), so the result is identical for any
     ``chunk_size`` and any number of numba threads, and a job farmed out in slices (each called with
@@ -725,7 +728,7 @@ def simulate_pions(
             ids = np.arange(first_event + start, first_event + stop, dtype=np.int64)
             _simulate_kernel(out[start:stop], e[start:stop], ids, key, par, dims)
             bar.advance(stop - start)
-    return out
+    return apply_cell_floor(out)
 
 
 def simulate_pions_data(
