@@ -119,6 +119,10 @@ def test_calochallenge_round_trip_is_exact_and_pure(tmp_path: Path) -> None:
         assert dict(f.attrs) == {}
         assert f["incident_energies"].shape == (30, 1)
         assert f["showers"].compression == "gzip"
+        # float64 as the official datasets: the official evaluate.py classifier is a float64 network
+        assert f["incident_energies"].dtype == np.float64
+        assert f["showers"].dtype == np.float64
+        assert f["showers"].shape == (30, 6480)
     back = convert("calochallenge", [out])  # no geometry block: the 6480 voxels say ds2
     assert back.mesh.shape == MESH_PRESETS["ds2"].shape
     assert back.angles is None  # a pure CaloChallenge file has no angles

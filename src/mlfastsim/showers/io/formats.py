@@ -18,8 +18,9 @@ name, and :func:`convert` (read one format from several inputs into one :class:`
     the format above (:func:`read_native`, :func:`write_native`).
 ``calochallenge``
     a plain CaloChallenge dataset 2/3 file: ``incident_energies`` (N, 1) and ``showers`` (N, n_voxels),
-    MeV, voxel order z, alpha, r with r fastest (the native order), gzip.  The mesh comes from
-    ``mesh``, a binning XML (``binning=``) or the voxel count.  Writing drops angles and metadata.
+    float64 as the official datasets (read at any float precision), MeV, voxel order z, alpha, r with
+    r fastest (the native order), gzip.  The mesh comes from ``mesh``, a binning XML (``binning=``) or
+    the voxel count.  Writing drops angles and metadata.
 ``par04``
     the Geant4 Par04 / MetaHEP training layout (g4fastsim ``preprocess``): one file per incidence angle,
     named ``{name}_angle_{angle}.h5`` (e.g. ``SiW_angle_70.h5``), one dataset per incident energy named
@@ -104,12 +105,15 @@ def write_calochallenge(data: ShowerData, path: str | Path, *, compression: str 
     """Write a pure CaloChallenge file (``incident_energies`` and ``showers`` only), atomically.
 
     Angles, geometry and metadata are dropped on purpose: the result must be indistinguishable from an
-    official dataset 2/3 file for third-party evaluation scripts.
+    official dataset 2/3 file for third-party evaluation scripts.  Both datasets are float64, as in the
+    official files (``incident_energies`` (N, 1), ``showers`` (N, n_voxels), MeV): the official
+    ``evaluate.py`` classifier is a float64 network fed the arrays as stored, and stops with a dtype
+    error on float32.  The values are our float32 ones widened exactly, so reading back is lossless.
     """
     data.validate(source=path)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            _write_calochallenge_datasets(f, data, compression)
+            _write_calochallenge_datasets(f, data, compression, dtype=np.float64)
     return Path(path)
 
 

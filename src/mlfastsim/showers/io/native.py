@@ -130,12 +130,19 @@ def guess_mesh(n_voxels: int, *, source: str | Path | None = None) -> Cylindrica
     )
 
 
-def _write_calochallenge_datasets(f: h5py.File, data: ShowerData, compression: str | None) -> dict[str, Any]:
-    """The two datasets every shower file has; returns the dataset options for any extra datasets."""
+def _write_calochallenge_datasets(
+    f: h5py.File, data: ShowerData, compression: str | None, dtype: type[np.floating] = np.float32
+) -> dict[str, Any]:
+    """The two datasets every shower file has; returns the dataset options for any extra datasets.
+
+    ``dtype`` is float32 for native files (our precision) and float64 for CaloChallenge-layout files:
+    the official datasets store float64, and the official ``evaluate.py`` feeds the arrays to a float64
+    network as they are (float32 input stops its classifier with a dtype mismatch).
+    """
     kw: dict[str, Any] = {"compression": compression} if compression else {}
-    f.create_dataset("incident_energies", data=data.energies.reshape(-1, 1), **kw)
+    f.create_dataset("incident_energies", data=data.energies.reshape(-1, 1).astype(dtype), **kw)
     chunks = (min(len(data), 256) or 1, data.showers.shape[1])
-    f.create_dataset("showers", data=data.showers, chunks=chunks, **kw)
+    f.create_dataset("showers", data=data.showers, dtype=dtype, chunks=chunks, **kw)
     return kw
 
 
