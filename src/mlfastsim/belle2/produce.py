@@ -18,10 +18,8 @@ number in flight (memory stays a few chunks), into a temporary file renamed into
 
 from __future__ import annotations
 
-import itertools
+import json
 import time
-from collections import deque
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +31,17 @@ from mlfastsim.belle2.decay_table import load_decay_table
 from mlfastsim.belle2.detector import SKIM_VARIABLES, simulate_event
 from mlfastsim.belle2.generator import generate
 from mlfastsim.core.errors import DataError, InputFileError
-from mlfastsim.core.io import atomic_path, require_file
+from mlfastsim.core.io import atomic_path, check_output_file, require_file
 from mlfastsim.core.parallel import (
     TaskCache,
     cache_dir_for,
     clear_done,
     config_fingerprint,
-    dask_client,
     file_signatures,
     is_done,
+    iter_tasks,
     mark_done,
 )
-from mlfastsim.core.progress import progress_bar
 
 PARTICLE_COLUMNS = ("event", "index", "mother_index", "pdg", "mother_pdg", "charge", "mass_mev", "E_mev", "px_mev",
                     "py_mev", "pz_mev", "x_mm", "y_mm", "z_mm", "t_ns", "is_final")
@@ -110,10 +107,14 @@ def produce(cfg: ProduceConfig, *, progress: bool = True) -> dict[str, Any]:
     """
     dec_file = str(cfg.dec_file) if cfg.dec_file else None
     table = load_decay_table(dec_file)  # fail early (bad DEC file) and get the report
+    check_output_file(cfg.output)  # a directory, device or read-only disk fails now, not after the work
     fingerprint = config_fingerprint(cfg, file_signatures([cfg.dec_file]) if cfg.dec_file else None)
-    if is_done(cfg.output, fingerprint):
+    if is_done(cfg.output, fingerprint):  # the file holds exactly the bytes this job wrote
         with pd.HDFStore(cfg.output, mode="r") as store:
-            return dict(store.get_storer("events").attrs.summary)
+            stored = getattr(store.get_storer("events").attrs, "summary_json", None)
+        if isinstance(stored, str | bytes):
+            return dict(json.loads(stored))
+    # one writer per output (a second job stops with one line); chunks of a killed run are reused
     cache = TaskCache(cache_dir_for(cfg.output), fingerprint)
     n_chunks = -(-cfg.n_events // cfg.chunk_size)
     tasks = [(dec_file, k, min(cfg.chunk_size, cfg.n_events - k * cfg.chunk_size), k * cfg.chunk_size, cfg.seed)
@@ -124,7 +125,10 @@ def produce(cfg: ProduceConfig, *, progress: bool = True) -> dict[str, Any]:
     sim_cpu = 0.0
     gen_cpu = 0.0
     with atomic_path(cfg.output) as tmp, pd.HDFStore(tmp, mode="w", complevel=1, complib="zlib") as store:
-        for particles, events in _chunks_in_order(tasks, cfg, progress, cache):
+        # chunks in task order with a bounded number in flight: memory stays a few chunks whatever n_events
+        for particles, events in iter_tasks(produce_chunk, tasks, workers=cfg.parallel.workers,
+                                            scheduler=cfg.parallel.scheduler, description="produce",
+                                            progress=progress, cache=cache):
             events = events.copy()
             events["first_row"] += n_rows
             n_rows += len(particles)
@@ -144,62 +148,12 @@ def produce(cfg: ProduceConfig, *, progress: bool = True) -> dict[str, Any]:
             "chunk_size": cfg.chunk_size,
             "decay_table": table.report(),
         }
-        store.get_storer("events").attrs.summary = summary
+        # JSON text, not a Python object: PyTables pickles object attributes, and reading one back runs code
+        store.get_storer("events").attrs.summary_json = json.dumps(summary)
         clear_done(cfg.output)
     mark_done(cfg.output, fingerprint)
     cache.clear()
     return summary
-
-
-def _chunks_in_order(tasks: list[tuple[Any, ...]], cfg: ProduceConfig, progress: bool, cache: Any
-                     ) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
-    """Chunk results in task order, with a bounded number in flight (memory stays a few chunks).
-
-    Serial without workers; otherwise one Dask client (``core.parallel.dask_client``) for the whole run
-    with a sliding window of submitted chunks, consumed in order so the file does not depend on which
-    worker finishes first.  Chunks already in ``cache`` (a :class:`~mlfastsim.core.parallel.TaskCache`
-    of a killed run) are read back instead of produced; new ones are stored as they arrive.
-    """
-    todo = [(k, task) for k, task in enumerate(tasks) if not cache.has(k)]
-
-    def cached_until(k_next: int, done: int) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
-        # the cached chunks before k_next, in order (they need no worker)
-        for k in range(done, k_next):
-            yield cache.load(k)
-
-    if cfg.parallel.workers <= 1 and not cfg.parallel.scheduler:
-        with progress_bar(len(todo), "produce", enabled=progress) as bar:
-            done = 0
-            for k, task in todo:
-                yield from cached_until(k, done)
-                result = produce_chunk(*task)
-                cache.save(k, result)
-                done = k + 1
-                bar.advance()
-                yield result
-            yield from cached_until(len(tasks), done)
-        return
-    with dask_client(cfg.parallel.workers, cfg.parallel.scheduler) as client:
-        n_workers = max(len(client.scheduler_info().get("workers", {})), cfg.parallel.workers, 1)
-        window = 2 * n_workers
-        pending: deque[Any] = deque()
-        queue = iter(todo)
-        with progress_bar(len(todo), f"produce ({n_workers} workers)", enabled=progress) as bar:
-            for k, task in itertools.islice(queue, window):
-                pending.append((k, client.submit(produce_chunk, *task, pure=False, key=f"produce_chunk-{k}")))
-            done = 0
-            while pending:
-                k, future = pending.popleft()
-                result = future.result()  # re-raises a task's MlfastsimError unchanged
-                cache.save(k, result)
-                for k_new, task in itertools.islice(queue, 1):
-                    pending.append((k_new, client.submit(produce_chunk, *task, pure=False,
-                                                         key=f"produce_chunk-{k_new}")))
-                bar.advance()
-                yield from cached_until(k, done)
-                done = k + 1
-                yield result
-            yield from cached_until(len(tasks), done)
 
 
 # ---------------------------------------------------------------------------------------------- reading

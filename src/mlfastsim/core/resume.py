@@ -208,6 +208,16 @@ class TaskCache:
                 with contextlib.suppress(OSError):
                     p.unlink()
 
+    def reset(self) -> None:
+        """Forget every stored result but keep the directory, its fingerprint and the job lock."""
+        for p in list(self.directory.iterdir()):
+            if p.name != "fingerprint":
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+
     def _path(self, i: int) -> Path:
         return self.directory / f"task_{i:06d}.npz"
 

@@ -446,12 +446,21 @@ def process_xy(cfg: MakeBatchesConfig, *, progress: bool = True) -> BatchStats:
     output is a pure function of its input files and written atomically, so the files are byte-identical
     whatever the worker count, and a rerun after a killed run redoes only the batches not yet on disk.
     """
+    from mlfastsim.core.resume import job_lock
+
+    out_dir = ensure_writable_dir(cfg.output_dir).resolve()
+    # one writer per output directory: a second make-batches on it stops with one line instead of
+    # interleaving batches made with other settings
+    with job_lock(out_dir):
+        return _process_xy(cfg, out_dir, progress=progress)
+
+
+def _process_xy(cfg: MakeBatchesConfig, out_dir: Path, *, progress: bool) -> BatchStats:
     from mlfastsim.core.parallel import run_tasks
 
     numba.set_num_threads(min(cfg.threads, numba.config.NUMBA_NUM_THREADS))
     # absolute paths: a Dask worker's working directory is not ours
     files = [p.resolve() for p in list_parsed(cfg.input_dir, cfg.tpc)]
-    out_dir = ensure_writable_dir(cfg.output_dir).resolve()
     for path in files:
         check_parsed_header(path, need_truth=cfg.y_type != "none")
     stats = BatchStats(files_in=len(files))
