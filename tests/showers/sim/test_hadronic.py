@@ -18,8 +18,14 @@ from mlfastsim.core.errors import ConfigError
 from mlfastsim.showers.geometry import GRID_PRESETS, CartesianGrid, CylindricalMesh
 from mlfastsim.showers.io.formats import ShowerData
 from mlfastsim.showers.sim.hadronic import (
+    BOCK_A,
+    BOCK_B,
+    BOCK_D,
+    BOCK_W,
     HADRON_CALORIMETERS,
     HadronCalorimeter,
+    bock_em_fraction,
+    bock_parameters,
     load_calorimeter,
     make_pion_energies,
     simulate_pions,
@@ -210,3 +216,42 @@ def test_hit_spectrum_has_mip_peak(hcal48: dict[float, dict[str, np.ndarray]]) -
     peak = edges[np.argmax(counts)] + 0.05
     assert 0.7 < peak < 1.6, peak  # the most probable hit is a MIP (Landau peak at 1 MIP)
     assert np.mean(hits > 10) > 0.05  # dense EM cores and nuclear spots make a long tail
+
+
+# ------------------------------------------------------------------------------------------ Bock et al.
+def test_bock_constants_are_the_published_ones() -> None:
+    """NIM 186 (1981) 533: a = 0.6165 + 0.3183 ln E, b = 0.2198, d = 0.9099 - 0.0237 ln E, w = 0.4634."""
+    assert (BOCK_A, BOCK_B, BOCK_D, BOCK_W) == ((0.6165, 0.3183), 0.2198, (0.9099, -0.0237), 0.4634)
+    a, b, d, w = bock_parameters(100.0)
+    assert a == pytest.approx(0.6165 + 0.3183 * math.log(100.0))
+    assert d == pytest.approx(0.9099 - 0.0237 * math.log(100.0))
+    assert (b, w) == (0.2198, 0.4634)
+
+
+def test_bock_weight_and_gabriel_f_em_agree() -> None:
+    """Two independent published parametrisations of the EM share agree: the visible EM energy fraction
+    implied by Bock's amplitude weight w, and the simulator's <f_em> (Gabriel et al.) seen at the e and h
+    scales.  A wrong a, b or d (or X0 and lambda swapped) breaks this by far more than the 0.06 allowed."""
+    ratio = CALO.lambda_eff_mm / CALO.x0_eff_mm
+    for e_gev in (10.0, 30.0, 100.0):
+        f = float(CALO.mean_f_em(e_gev))
+        visible = f / (f + (1.0 - f) / CALO.e_over_h)
+        assert abs(visible - bock_em_fraction(e_gev, ratio)) < 0.06, (e_gev, visible, bock_em_fraction(e_gev, ratio))
+
+
+def test_kernel_mean_depth_is_bocks() -> None:
+    """The energy-weighted mean depth of showers in a deep, wide calorimeter is lambda_eff (first
+    interaction) + Bock's mean depths a/b X0 and a/d lambda, weighted by the visible EM fraction.  Shape
+    and f_em fluctuations off, no threshold: this pins the kernel's units (rate per X0, rate per lambda)."""
+    calo = HadronCalorimeter(f_em_sigma=0.0, sigma_ln_shape=0.0, threshold_mip=0.0)
+    grid = CartesianGrid(n_x=16, n_y=16, n_z=150, cell_x=60.0, cell_y=60.0, cell_z=26.5, name="deeper")
+    n, e_gev = 300, 50.0
+    cells = grid.to_grid(simulate_pions(np.full(n, e_gev * 1e3), grid, calo, 11))
+    layer = cells.sum(axis=(2, 3), dtype=np.float64)
+    depth = (layer * grid.z_centres).sum(axis=1) / layer.sum(axis=1)
+    a, b, d, _ = bock_parameters(e_gev - 0.2)  # ~8 layers of MIP losses before the interaction
+    f = float(calo.mean_f_em(e_gev))
+    w_vis = f / (f + (1.0 - f) / calo.e_over_h)
+    expected = calo.lambda_eff_mm + w_vis * a / b * calo.x0_eff_mm + (1.0 - w_vis) * a / d * calo.lambda_eff_mm
+    err = depth.std() / math.sqrt(n)
+    assert abs(depth.mean() - expected) < 4 * err + 5.0, (depth.mean(), expected, err)

@@ -18,8 +18,9 @@ One shower
 3. **Longitudinal profiles** (Bock et al., NIM 186 (1981) 533), both measured from the first interaction:
    the electromagnetic part a gamma distribution in X0 with shape a and rate b, the hadronic part a gamma
    distribution in lambda_I with shape a and rate d, a = 0.6165 + 0.3183 ln E, b = 0.2198,
-   d = 0.9099 - 0.0237 ln E (E in GeV).  The shape a fluctuates from shower to shower (log-normal,
-   sigma_ln_a below) so that the profiles of single showers differ, as they do in data.  The
+   d = 0.9099 - 0.0237 ln E (E in GeV; checked, see ``BOCK_*``).  The shape a fluctuates from
+   shower to shower (log-normal with mean a, sigma_ln_a below) so that the profiles of single
+   showers differ, as they do in data.  The
    electromagnetic spots are grouped into a few pi0 sub-showers (1 + Poisson(2 ln E_em/GeV)) that start
    at Gamma(a_s)/b and spread Gamma(a - a_s)/b beyond: the sum is Gamma(a)/b, so Bock's mean profile is
    kept exactly while single showers are clumpy.
@@ -77,13 +78,22 @@ SIMULATOR_NAME = "bock-twocomponent-spots"
 PARTICLE = "pion"
 
 # ------------------------------------------------------------------------------------ published constants
-# Bock et al., NIM 186 (1981) 533, longitudinal profile from the shower start (E in GeV):
-#   dE/dx ~ w (x/X0)^(a-1) exp(-b x/X0) + (1 - w) (x/lambda)^(a-1) exp(-d x/lambda)
-#   a = 0.6165 + 0.3183 ln E,  b = 0.2198,  d = 0.9099 - 0.0237 ln E  (w is replaced here by the
-#   fluctuating f_em, which is what w measures on average)
+# Bock, Hansl-Kozanecka and Shah, "Parametrization of the longitudinal development of hadronic showers in
+# sequential sampling calorimeters", NIM 186 (1981) 533; longitudinal profile from the shower start, one
+# shape a for both terms, b a rate per X0 and d a rate per lambda_I (E in GeV):
+#   dE/dx = k [w (x/X0)^(a-1) exp(-b x/X0) + (1 - w) (x/lambda)^(a-1) exp(-d x/lambda)]
+#   a = 0.6165 + 0.3183 ln E,  b = 0.2198,  d = 0.9099 - 0.0237 ln E,  w = 0.4634
+# Checked (issue 14): the functional form and the roles of a, b, d, w against Eq. 1 of Kulchitsky &
+# Vinogradov, hep-ex/9903019, which quotes the paper (their Ref. 3; they then use refitted values, a =
+# 0.786 + 0.427 ln E, b = 0.29, d = 0.978, w = 1.032 - 0.159 ln E, not Bock's); the numbers are Bock's
+# as they are commonly quoted (the original scan was not at hand).  Note that w weighs the *amplitudes*
+# of the two terms, not their energies: the electromagnetic energy fraction it implies is w X0 / b^a over
+# w X0 / b^a + (1 - w) lambda / d^a (:func:`bock_em_fraction`), 0.37 at 10 GeV and 0.58 at 100 GeV for
+# hcal48; the simulator's visible f_em (Gabriel et al.) comes within 0.05 of it (0.39, 0.62; tested).
 BOCK_A = (0.6165, 0.3183)
 BOCK_B = 0.2198
 BOCK_D = (0.9099, -0.0237)
+BOCK_W = 0.4634
 # Shape parameters below this make the gamma profile pathological (all energy at the start point).
 MIN_SHAPE = 0.3
 # Grindhammer & Peters (hep-ex/0001020), spot count in sampling calorimeters: N = 10.3/a E^0.959 (E in GeV).
@@ -318,6 +328,29 @@ HADRON_CALORIMETERS: dict[str, HadronCalorimeter] = {
 }
 
 
+def bock_parameters(energy_gev: float) -> tuple[float, float, float, float]:
+    """Bock et al.'s (a, b, d, w) at ``energy_gev`` (shape, EM rate per X0, hadronic rate per lambda, weight).
+
+    The shape is floored at :data:`MIN_SHAPE` as in the simulator (a < 0.3 would put all the energy at the
+    interaction point; Bock's fit covers 10-140 GeV, where a > 1.3).
+    """
+    ln_e = math.log(max(float(energy_gev), 1e-3))
+    return max(BOCK_A[0] + BOCK_A[1] * ln_e, MIN_SHAPE), BOCK_B, max(BOCK_D[0] + BOCK_D[1] * ln_e, 0.1), BOCK_W
+
+
+def bock_em_fraction(energy_gev: float, lambda_over_x0: float) -> float:
+    """The (visible) electromagnetic energy fraction implied by Bock's amplitude weight w.
+
+    Integrating each term of the profile: the EM term holds w X0 Gamma(a) / b^a, the hadronic term
+    (1 - w) lambda Gamma(a) / d^a; Gamma(a) cancels.  This is what w means in energy, and what the
+    simulator's <f_em> (seen at the e and h scales) should come close to.
+    """
+    a, b, d, w = bock_parameters(energy_gev)
+    em = w / b**a
+    had = (1.0 - w) * float(lambda_over_x0) / d**a
+    return em / (em + had)
+
+
 def load_calorimeter(spec: str | Path | dict[str, Any] | HadronCalorimeter) -> HadronCalorimeter:
     """A calorimeter from a preset name, a YAML/JSON file of :class:`HadronCalorimeter` fields or a dict.
 
@@ -514,8 +547,11 @@ def _simulate_kernel(out: np.ndarray, energies: np.ndarray, event_ids: np.ndarra
             # Bock shapes with a log-normal shower-to-shower spread; rates in 1/X0 and 1/lambda.
             ln_e = math.log(max(e_gev, 1e-3))
             a_mean = max(BOCK_A[0] + BOCK_A[1] * ln_e, MIN_SHAPE)
-            a_em = max(a_mean * math.exp(par[_P_SIG_LNA] * _normal(st)), MIN_SHAPE)
-            a_had = max(a_mean * math.exp(par[_P_SIG_LNA] * _normal(st)), MIN_SHAPE)
+            # log-normal with unit mean (the -sigma^2/2): <a> is Bock's a, so the mean profile keeps
+            # Bock's mean depth a/b (a/d) instead of drifting deeper by exp(sigma^2/2)
+            s_ln = par[_P_SIG_LNA]
+            a_em = max(a_mean * math.exp(s_ln * _normal(st) - 0.5 * s_ln * s_ln), MIN_SHAPE)
+            a_had = max(a_mean * math.exp(s_ln * _normal(st) - 0.5 * s_ln * s_ln), MIN_SHAPE)
             d_rate = max(BOCK_D[0] + BOCK_D[1] * ln_e, 0.1)
             # EM spots: GP count, Gamma energies whose compound-Poisson variance is a_em^2 * E.
             var_em = par[_P_A_EM] ** 2 * 1000.0  # MeV^2 per MeV
