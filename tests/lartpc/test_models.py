@@ -37,13 +37,17 @@ def test_backbone_keeps_sites_and_gives_nchannels() -> None:
 def test_heads_and_batch_independence() -> None:
     cfg = ModelConfig(type="charge", spatial_size=SIZE, nChannels=4, nStrides=2, nHiddenLayers=2)
     c, f = events(1)
-    for net in (BinarySparseCellNet(3, cfg), ChargeSparseCellNet(3, cfg)):
+    n = sum(len(x) for x in c)
+    for net, shape in ((BinarySparseCellNet(3, cfg), (n,)), (ChargeSparseCellNet(3, cfg), (n, 2))):
         net.eval()
         both = net(batch_sparse(c, f, SIZE))
-        assert both.shape == (sum(len(x) for x in c),)
+        assert both.shape == shape
         first = net(batch_sparse(c[:1], f[:1], SIZE))
         torch.testing.assert_close(both[: len(c[0])], first, atol=1e-5, rtol=1e-5)
-    assert (ChargeSparseCellNet(3, cfg)(batch_sparse(c, f, SIZE)) >= 0).all()
+    out = ChargeSparseCellNet(3, cfg)(batch_sparse(c, f, SIZE))
+    score, q = ChargeSparseCellNet.score(out), ChargeSparseCellNet.charge(out, 0.1)
+    assert ((score > 0) & (score < 1)).all() and (q > 0).all()
+    torch.testing.assert_close(torch.log(q / 0.1), out[:, 1])
 
 
 def test_frozen_backbone_gets_no_gradient_and_keeps_its_statistics() -> None:

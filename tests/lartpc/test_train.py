@@ -50,7 +50,9 @@ def test_transfer_into_charge_net_and_frozen_backbone(xy_dir: Path, tmp_path: Pa
     for k, v in ghost.items():
         if k.startswith("backbone."):
             assert torch.equal(charge[k], v), k
-    assert np.isfinite(res.summaries[-1]["charge_resolution"])
+    last = res.summaries[-1]
+    assert np.isfinite(last["charge_resolution"])
+    assert {"charge_bias_q0.3-1", "charge_sum_bias", "charge_bias_plane2"} <= set(last)
     bad = cfg.model_copy(update={"model": cfg.model.model_copy(update={"nChannels": 6}),
                                  "output_dir": tmp_path / "bad"})
     with pytest.raises(ConfigError, match="do not fit"):
@@ -106,3 +108,50 @@ def test_metrics_against_hand_counts() -> None:
     assert rejection_at_efficiency(score, charge > 0) == 0.25
     assert s["auc"] == pytest.approx(12 / 16)
     assert s["baseline_rejection"] == 0.0 and s["baseline_purity"] == 0.5
+
+
+def test_charge_loss_ignores_ghost_charge_and_targets_log_charge() -> None:
+    """Ghost voxels (truth 0) must not pull the charge of real voxels: only their logit enters the loss."""
+    from mlfastsim.lartpc.config import LossConfig
+    from mlfastsim.lartpc.train import make_loss, targets
+
+    charge = torch.tensor([0.0, 0.0, 0.5, 2.0])
+    t = targets(charge, "charge", 0.0, 0.1)
+    assert t[:, 0].tolist() == [0.0, 0.0, 1.0, 1.0]
+    torch.testing.assert_close(t[2:, 1], torch.log(torch.tensor([5.0, 20.0])))
+    loss = make_loss(LossConfig(name="mse", ghost_weight=0.0), "charge")
+    exact = torch.stack([torch.zeros(4), t[:, 1]], dim=1)
+    assert float(loss(exact, t)) == 0.0
+    # any charge predicted for ghosts costs nothing; a wrong real-voxel charge does
+    ghosts_wrong = exact.clone()
+    ghosts_wrong[:2, 1] = 7.0
+    assert float(loss(ghosts_wrong, t)) == 0.0
+    real_wrong = exact.clone()
+    real_wrong[2, 1] += 1.0
+    assert float(loss(real_wrong, t)) == pytest.approx(0.5)
+    # with the deghosting term the logit matters too
+    with_bce = make_loss(LossConfig(name="mse", ghost_weight=1.0), "charge")
+    assert float(with_bce(exact, t)) == pytest.approx(float(torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.zeros(4), t[:, 0])))
+
+
+def test_charge_metrics_per_bin_and_per_plane() -> None:
+    from mlfastsim.lartpc.geometry import TPCGeometry
+    from mlfastsim.lartpc.metrics import charge_by_bin, charge_per_plane
+
+    true = np.array([0.05, 0.2, 0.5, 2.0, 5.0, 0.5])
+    pred = true * np.array([2.0, 1.0, 1.1, 0.9, 1.0, 1.1])
+    out = charge_by_bin(pred, true)
+    assert out["charge_bias_q0-0.1"] == pytest.approx(1.0)
+    assert out["charge_bias_q0.3-1"] == pytest.approx(0.1) and out["charge_resolution_q0.3-1"] == pytest.approx(0.0)
+    assert out["charge_bias_q1-3"] == pytest.approx(-0.1)
+    assert out["charge_fraction_q0.3-1"] == pytest.approx(2 / 6)
+    assert out["charge_sum_bias"] == pytest.approx(pred.sum() / true.sum() - 1)
+    # two voxels on the same tick: wherever they share a wire, their sums are compared, per plane
+    g = TPCGeometry(n_ticks=8, size_y_mm=16.0, size_z_mm=16.0, voxel_mm=2.0)
+    coords = np.array([[0, 1, 1], [0, 1, 2], [3, 5, 5]])
+    q = np.array([1.0, 1.0, 2.0])
+    per_plane = charge_per_plane(coords, np.zeros(3, np.int64), q * 1.2, q, g, (1, 1, 1))
+    for p in range(3):
+        assert per_plane[f"charge_bias_plane{p}"] == pytest.approx(0.2)
+        assert per_plane[f"charge_resolution_plane{p}"] == pytest.approx(0.0)

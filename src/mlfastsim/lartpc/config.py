@@ -70,11 +70,16 @@ class ModelConfig(StrictModel):
 
 
 class LossConfig(StrictModel):
-    """Loss by name (registry in :mod:`mlfastsim.lartpc.train`)."""
+    """Loss by name (registry in :mod:`mlfastsim.lartpc.train`).
+
+    Charge losses (``mse``, ``l1``, ``huber``) compare ``log(charge / input_scale)`` on *real* voxels only
+    (a ghost has no charge to predict), plus ``ghost_weight`` times the BCE of the net's real-voxel logit.
+    """
 
     name: str = "bce"
-    pos_weight: float | None = Field(None, gt=0)  # bce/focal: weight of real voxels (None = 1)
+    pos_weight: float | None = Field(None, gt=0)  # bce/focal/charge logit: weight of real voxels (None = 1)
     gamma: float = Field(2.0, ge=0)  # focal
+    ghost_weight: float = Field(1.0, ge=0)  # charge nets: weight of the deghosting BCE (0 = charge only)
 
 
 class OptimizerConfig(StrictModel):
@@ -82,6 +87,9 @@ class OptimizerConfig(StrictModel):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0)  # sgd only
+    # cosine: the learning rate falls to 0 over the run (stepped per batch), which settles the last epochs
+    # instead of leaving them to bounce at the full rate; none: constant
+    scheduler: Literal["none", "cosine"] = "none"
 
 
 class TransferConfig(StrictModel):

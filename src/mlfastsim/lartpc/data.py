@@ -8,14 +8,17 @@ other features than the checkpoint, coordinates beyond ``model.spatial_size``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 
 from mlfastsim.core.errors import ConfigError, DataError, InputFileError
 from mlfastsim.lartpc.config import DataConfig
+from mlfastsim.lartpc.geometry import TPCGeometry
 from mlfastsim.lartpc.sparse import SparseTensor
 from mlfastsim.lartpc.tiling import list_xy, read_xy, read_xy_attrs
 
@@ -32,6 +35,9 @@ class EventSet:
     feature_names: list[str]
     downsample: list[int]
     sources: list[str]
+    # the TPC geometry the files were tiled with, when every file holds one TPC of the same detector (what
+    # the per-plane charge closure needs to put voxels back under their wires); None otherwise
+    geometry: TPCGeometry | None = None
 
     @property
     def n_events(self) -> int:
@@ -44,7 +50,7 @@ class EventSet:
     def to(self, device: torch.device) -> EventSet:
         return EventSet(self.coords.to(device), self.feats.to(device),
                         None if self.charge is None else self.charge.to(device), self.offsets.to(device),
-                        self.event_ids, self.feature_names, self.downsample, self.sources)
+                        self.event_ids, self.feature_names, self.downsample, self.sources, self.geometry)
 
     def select(self, start: int, stop: int, what: str) -> EventSet:
         """Events ``[start, stop)`` as a new set (a clear error when the range runs past the data)."""
@@ -54,7 +60,12 @@ class EventSet:
         lo, hi = int(self.offsets[start]), int(self.offsets[stop])
         return EventSet(self.coords[lo:hi], self.feats[lo:hi], None if self.charge is None else self.charge[lo:hi],
                         self.offsets[start:stop + 1] - lo, self.event_ids[start:stop], self.feature_names,
-                        self.downsample, self.sources)
+                        self.downsample, self.sources, self.geometry)
+
+    def event_index(self) -> np.ndarray:
+        """The event number (0..n_events-1) of every voxel row."""
+        lens = np.diff(self.offsets.cpu().numpy())
+        return np.repeat(np.arange(self.n_events), lens)
 
     def rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Row indices of events ``idx`` (in that order) and each row's position in the batch."""
@@ -84,6 +95,19 @@ def _matching_files(cfg: DataConfig) -> list[Path]:
                              file=", ".join(map(str, cfg.data_path)), field="data.data_path",
                              fix="point data.data_path at the output of `mlfastsim lartpc make-batches`")
     return files
+
+
+def _file_geometry(path: Path) -> TPCGeometry | None:
+    """The geometry attribute make-batches writes (None for joined or older files, or one that fails to parse)."""
+    with h5py.File(path, "r") as f:
+        text = f.attrs.get("geometry")
+        tpcs = f.attrs.get("tpcs")
+    if text is None or tpcs is None or len(np.atleast_1d(json.loads(tpcs) if isinstance(tpcs, str) else tpcs)) != 1:
+        return None
+    try:
+        return TPCGeometry.model_validate(json.loads(text) if isinstance(text, str) else text)
+    except (ValueError, TypeError):
+        return None
 
 
 def load_events(cfg: DataConfig, spatial_size: tuple[int, int, int], *, need_truth: bool) -> EventSet:
@@ -119,6 +143,8 @@ def load_events(cfg: DataConfig, spatial_size: tuple[int, int, int], *, need_tru
         ids.append(xy.event_ids)
         offsets.extend((xy.offsets[1:] + offsets[-1]).tolist())
     assert names is not None
+    geoms = [_file_geometry(p) for p in files]
+    geometry = geoms[0] if geoms and geoms[0] is not None and all(g == geoms[0] for g in geoms) else None
     has_truth = all(c is not None for c in charges)
     f = np.concatenate(feats).astype(np.float32)
     return EventSet(
@@ -130,4 +156,5 @@ def load_events(cfg: DataConfig, spatial_size: tuple[int, int, int], *, need_tru
         feature_names=names,
         downsample=list(cfg.downsample),
         sources=[str(p) for p in files],
+        geometry=geometry,
     )

@@ -6,11 +6,17 @@
 * rejection at 95 % efficiency: the cut that keeps 95 % of the real voxels, and the ghosts it removes.
 * the sensitivity-purity curve over all cuts (what a user picks a working point from).
 * charge resolution of real voxels: the spread of (predicted - true) / true (half the 16-84 % interval,
-  robust to the tails), and its median (the bias).
+  robust to the tails), and its median (the bias); the same per bin of true charge
+  (``CHARGE_BIN_EDGES_MEV``), and the closure of the summed charge (sum predicted / sum true - 1).
+* charge per wire plane: the real voxels' charges summed per (event, tick, wire) of each plane, predicted
+  against true -- what that plane's wire measured, so a charge prediction that "adds up" closes on every
+  plane.  Downsampled voxels are assigned to the wire under their centre (an approximation at coarse
+  downsampling, the same for prediction and truth).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +24,7 @@ import numpy as np
 
 from mlfastsim.core.errors import ConfigError
 from mlfastsim.core.io import atomic_path
+from mlfastsim.lartpc.geometry import N_PLANES, TPCGeometry
 
 EFFICIENCY_TARGET = 0.95
 
@@ -74,6 +81,55 @@ def charge_resolution(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]
     return float((hi - lo) / 2.0), float(med)
 
 
+#: bin edges of true voxel charge (MeV) for the per-bin charge bias and resolution (plus under/overflow bins)
+CHARGE_BIN_EDGES_MEV = (0.1, 0.3, 1.0, 3.0)
+
+
+def _bin_label(lo: float, hi: float) -> str:
+    return f"{lo:g}-{hi:g}" if np.isfinite(hi) else f"{lo:g}-inf"
+
+
+def charge_by_bin(pred: np.ndarray, true: np.ndarray, edges: tuple[float, ...] = CHARGE_BIN_EDGES_MEV
+                  ) -> dict[str, float]:
+    """Bias and resolution of (pred - true) / true in bins of true charge, and the summed-charge closure.
+
+    Keys ``charge_bias_q{lo}-{hi}``, ``charge_resolution_q{lo}-{hi}``, ``charge_fraction_q{lo}-{hi}``
+    (share of the real voxels in the bin) and ``charge_sum_bias``; empty bins give NaN.
+    """
+    out: dict[str, float] = {}
+    bounds = [0.0, *edges, np.inf]
+    for lo, hi in itertools.pairwise(bounds):
+        sel = (true > lo) & (true <= hi) if lo > 0 else true <= hi
+        res, bias = charge_resolution(pred[sel], true[sel])
+        key = _bin_label(lo, hi)
+        out[f"charge_bias_q{key}"], out[f"charge_resolution_q{key}"] = bias, res
+        out[f"charge_fraction_q{key}"] = float(sel.mean()) if len(true) else float("nan")
+    out["charge_sum_bias"] = float(pred.sum() / true.sum() - 1.0) if true.sum() > 0 else float("nan")
+    return out
+
+
+def charge_per_plane(coords: np.ndarray, event_index: np.ndarray, pred: np.ndarray, true: np.ndarray,
+                     geometry: TPCGeometry, downsample: tuple[int, int, int] | list[int]) -> dict[str, float]:
+    """Bias and resolution of the per-(event, tick, wire) charge sums on each wire plane (real voxels).
+
+    ``coords`` are the (downsampled) ``[tick, y, z]`` voxel indices inside one TPC.  Keys
+    ``charge_bias_plane{p}`` and ``charge_resolution_plane{p}`` for p = 0, 1, 2 (u, v, w).
+    """
+    out: dict[str, float] = {}
+    ds = np.asarray(downsample, dtype=np.float64)
+    y_mm = (coords[:, 1] * ds[1] + ds[1] / 2.0) * geometry.voxel_mm
+    z_mm = (coords[:, 2] * ds[2] + ds[2] / 2.0) * geometry.voxel_mm
+    n_ticks = int(coords[:, 0].max()) + 1 if len(coords) else 1
+    for p in range(N_PLANES):
+        wire = geometry.wire_index(p, y_mm, z_mm).astype(np.int64)
+        key = (event_index.astype(np.int64) * n_ticks + coords[:, 0]) * geometry.n_wires(p) + wire
+        _, inv = np.unique(key, return_inverse=True)
+        qp, qt = np.bincount(inv, weights=pred), np.bincount(inv, weights=true)
+        res, bias = charge_resolution(qp[qt > 0], qt[qt > 0])
+        out[f"charge_bias_plane{p}"], out[f"charge_resolution_plane{p}"] = bias, res
+    return out
+
+
 def summarise(score: np.ndarray, true_charge: np.ndarray, threshold: float,
               pred_charge: np.ndarray | None = None, cut: float = 0.5) -> dict[str, float]:
     """Every per-epoch number: working point at ``cut``, rejection at 95 % efficiency, AUC, charge."""
@@ -84,6 +140,7 @@ def summarise(score: np.ndarray, true_charge: np.ndarray, threshold: float,
            "baseline_purity": float(real.mean()) if len(real) else float("nan")}
     if pred_charge is not None:
         out["charge_resolution"], out["charge_bias"] = charge_resolution(pred_charge[real], true_charge[real])
+        out.update(charge_by_bin(pred_charge[real], true_charge[real]))
     return out
 
 

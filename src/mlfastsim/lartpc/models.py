@@ -110,7 +110,13 @@ class BinarySparseCellNet(nn.Module):
 
 
 class ChargeSparseCellNet(nn.Module):
-    """Charge regression: ``log1p(charge / scale)`` per voxel (0 for ghosts), via an MLP head."""
+    """Charge regression with its own deghosting: per voxel a real-voxel logit and ``log(charge / scale)``.
+
+    Why two outputs: ghosts carry no charge, and a single regression target of 0 for them (most voxels)
+    pulls the prediction of the real voxels down (a -40..-80 % bias).  The charge output is trained on
+    real voxels only (see :func:`mlfastsim.lartpc.train.targets`), in log space because voxel charges span
+    three decades; the logit says which voxels the charge applies to, so one net gives both.
+    """
 
     def __init__(self, n_features: int, cfg: ModelConfig) -> None:
         super().__init__()
@@ -119,7 +125,7 @@ class ChargeSparseCellNet(nn.Module):
         layers: list[nn.Module] = []
         for _ in range(cfg.nHiddenLayers):
             layers += [nn.Linear(c, c), nn.ReLU()]
-        layers.append(nn.Linear(c, 1))
+        layers.append(nn.Linear(c, 2))
         self.head = nn.Sequential(*layers)
         self.freeze_backbone = cfg.freeze_backbone
         if self.freeze_backbone:
@@ -134,13 +140,18 @@ class ChargeSparseCellNet(nn.Module):
         return self
 
     def forward(self, x: SparseTensor) -> torch.Tensor:
-        """Predicted ``log1p(charge / scale)`` ``(N,)``, non-negative."""
-        return nn.functional.softplus(self.head(self.backbone(x).feats).squeeze(1))
+        """``(N, 2)``: column 0 the real-voxel logit, column 1 the predicted ``log(charge / scale)``."""
+        return self.head(self.backbone(x).feats)
 
     @staticmethod
     def score(output: torch.Tensor) -> torch.Tensor:
-        """A deghosting score from a charge prediction: more predicted charge = more likely real."""
-        return output
+        """Real-voxel probability (the deghosting score of the charge net)."""
+        return torch.sigmoid(output[:, 0])
+
+    @staticmethod
+    def charge(output: torch.Tensor, scale: float) -> torch.Tensor:
+        """Predicted charge in the input units (MeV), for every voxel; meaningful where the voxel is real."""
+        return torch.exp(output[:, 1]) * scale
 
 
 MODELS: dict[str, Callable[[int, ModelConfig], nn.Module]] = {

@@ -41,7 +41,13 @@ from mlfastsim.core.tracking import Tracker, tracker_from_config
 from mlfastsim.core.trainer import Trainer, TrainerConfig
 from mlfastsim.lartpc.config import LArTPCTrainConfig, LossConfig, ModelConfig, OptimizerConfig
 from mlfastsim.lartpc.data import EventSet, load_events
-from mlfastsim.lartpc.metrics import check_metric, plot_summary, sensitivity_purity_curve, summarise
+from mlfastsim.lartpc.metrics import (
+    charge_per_plane,
+    check_metric,
+    plot_summary,
+    sensitivity_purity_curve,
+    summarise,
+)
 from mlfastsim.lartpc.models import build_model, model_meta
 
 logger = logging.getLogger(__name__)
@@ -71,12 +77,35 @@ def _focal(cfg: LossConfig) -> LossFn:
     return loss
 
 
+def _charge(regression: Callable[..., torch.Tensor]) -> Callable[[LossConfig], LossFn]:
+    """Charge-net loss: ``regression`` of log-charge on real voxels + ``ghost_weight`` x BCE of the logit.
+
+    The target ``t`` is ``(N, 2)``: the real-voxel label and ``log(charge / scale)`` (see :func:`targets`).
+    Ghost voxels never enter the regression: a target of zero for them is what biased the old net low.
+    """
+    def factory(cfg: LossConfig) -> LossFn:
+        pw = None if cfg.pos_weight is None else torch.tensor(cfg.pos_weight)
+
+        def loss(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            real = t[:, 0] > 0.5
+            reg = regression(out[real, 1], t[real, 1]) if bool(real.any()) else out[:, 1].sum() * 0.0
+            if cfg.ghost_weight == 0:
+                return reg
+            bce = nn.functional.binary_cross_entropy_with_logits(
+                out[:, 0], t[:, 0], pos_weight=None if pw is None else pw.to(out.device))
+            return reg + cfg.ghost_weight * bce
+
+        return loss
+
+    return factory
+
+
 LOSSES: dict[str, tuple[str, Callable[[LossConfig], LossFn]]] = {
     "bce": ("binary", _bce),
     "focal": ("binary", _focal),
-    "mse": ("charge", lambda cfg: nn.functional.mse_loss),
-    "l1": ("charge", lambda cfg: nn.functional.l1_loss),
-    "huber": ("charge", lambda cfg: nn.functional.smooth_l1_loss),
+    "mse": ("charge", _charge(nn.functional.mse_loss)),
+    "l1": ("charge", _charge(nn.functional.l1_loss)),
+    "huber": ("charge", _charge(nn.functional.smooth_l1_loss)),
 }
 
 OPTIMIZERS: dict[str, Callable[[Any, OptimizerConfig], torch.optim.Optimizer]] = {
@@ -104,11 +133,21 @@ def make_optimizer(params: Any, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     return OPTIMIZERS[cfg.name](params, cfg)
 
 
+#: real-voxel charges below this fraction of ``input_scale`` are clamped before the log (finite targets)
+LOG_FLOOR = 1e-3
+
+
 def targets(charge: torch.Tensor, model_type: str, threshold: float, scale: float) -> torch.Tensor:
-    """Binary: 1 for real voxels (truth charge above threshold); charge: log1p(charge / scale)."""
+    """Binary: 1 for real voxels (truth charge above threshold).
+
+    Charge: ``(N, 2)`` = (real label, ``log(max(charge, LOG_FLOOR * scale) / scale)``); the log column is
+    only used on real voxels.  Log space because voxel charges span three decades and a relative error is
+    what matters; a median-unbiased log prediction is a median-unbiased charge.
+    """
+    real = (charge > threshold).float()
     if model_type == "binary":
-        return (charge > threshold).float()
-    return torch.log1p(charge / scale)
+        return real
+    return torch.stack([real, torch.log(torch.clamp(charge / scale, min=LOG_FLOOR))], dim=1)
 
 
 # ------------------------------------------------------------------------------------------- task
@@ -121,6 +160,7 @@ class LArTPCTask:
         self.forward_model: nn.Module = model
         self.cfg = cfg
         self.summaries: list[dict[str, float]] = []
+        self.scheduler: Any | None = None
 
     def wrap(self, wrapper: Callable[[nn.Module], nn.Module]) -> None:
         """Train through ``wrapper(model)`` (DDP under torchrun); states and inference use the plain model.
@@ -138,7 +178,7 @@ class LArTPCTask:
         return {"optimizer": self.optimizer}
 
     def schedulers(self) -> dict[str, Any]:
-        return {}
+        return {} if self.scheduler is None else {"scheduler": self.scheduler}
 
     def _loss(self, idx: torch.Tensor, model: nn.Module) -> tuple[torch.Tensor, int]:
         """Mean loss over the voxels of events ``idx``, and how many voxels that is."""
@@ -158,6 +198,8 @@ class LArTPCTask:
             loss = loss * (n_voxels * dist_utils.world_size() / dist_utils.all_reduce_sum(float(n_voxels)))
         loss.backward()
         self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
         return {"loss": float(loss.detach())}
 
     @torch.no_grad()
@@ -175,7 +217,7 @@ class LArTPCTask:
 # ------------------------------------------------------------------------------------------- inference
 @dataclass
 class Predictions:
-    score: np.ndarray  # real-voxel score per voxel (probability, or predicted log-charge)
+    score: np.ndarray  # real-voxel probability per voxel
     pred_charge: np.ndarray | None  # charge nets: predicted charge in the input units
     loss: float | None
 
@@ -200,7 +242,7 @@ def predict(model: nn.Module, events: EventSet, cfg: LArTPCTrainConfig, model_ty
                 n_vox += x.n
             scores.append(type(model).score(out).cpu())
             if model_type == "charge":
-                charges.append((torch.expm1(out) * cfg.data.input_scale).cpu())
+                charges.append(type(model).charge(out, cfg.data.input_scale).cpu())
             bar.advance(len(idx))
     return Predictions(torch.cat(scores).numpy() if scores else np.zeros(0, np.float32),
                        torch.cat(charges).numpy() if charges else None,
@@ -229,10 +271,12 @@ def _summary(pred: Predictions, events: EventSet, cfg: LArTPCTrainConfig) -> dic
     if events.charge is None:
         return {}
     truth = events.charge.cpu().numpy()
-    # working point: probability 0.5 for a binary net; for a charge net a predicted charge of half the input
-    # scale (0.05 MeV by default, the simulated zero-suppression threshold), in its log1p(q / scale) score
-    cut = 0.5 if pred.pred_charge is None else float(np.log1p(0.5))
-    out = summarise(pred.score, truth, cfg.data.threshold, pred.pred_charge, cut=cut)
+    # working point: real-voxel probability 0.5 (binary nets and the charge net's own logit)
+    out = summarise(pred.score, truth, cfg.data.threshold, pred.pred_charge, cut=0.5)
+    if pred.pred_charge is not None and events.geometry is not None:
+        real = truth > cfg.data.threshold
+        out.update(charge_per_plane(events.coords.cpu().numpy()[real], events.event_index()[real],
+                                    pred.pred_charge[real], truth[real], events.geometry, events.downsample))
     if pred.loss is not None:
         out["val_loss"] = pred.loss
     return out
@@ -352,6 +396,8 @@ def train(cfg: LArTPCTrainConfig, *, resume: bool | int = False, progress: bool 
     tcfg = TrainerConfig(max_steps=None, max_epochs=cfg.n_epochs, batch_size=cfg.batch_size,
                          learning_rate=cfg.optimizer.lr, eval_every=bpe, checkpoint_every=bpe, seed=cfg.seed)
     task = LArTPCTask(model, loss_fn, optimizer, train_set, cfg)
+    if cfg.optimizer.scheduler == "cosine":
+        task.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=bpe * cfg.n_epochs)
     outdir = ensure_writable_dir(cfg.output_dir)
     tracker = tracker_from_config(cfg.tracking, default_name=f"lartpc-{cfg.model.type}") if dist_utils.is_main() \
         else None
