@@ -95,8 +95,6 @@ def translate_fs_errors(path: str | Path, *, what: str = "output", any_errno: bo
 def ensure_writable_dir(directory: str | Path, *, what: str = "output") -> Path:
     """Create ``directory`` if needed and check we can write into it."""
     path = Path(directory)
-    if path.exists() and not path.is_dir():
-        raise OutputError(f"{what} directory is a file", file=path, fix="pass a directory, or remove the file")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from mlfastsim.core.config import dump_config
-from mlfastsim.core.io import atomic_write_text, ensure_writable_dir
+from mlfastsim.core.io import atomic_write_text, check_output_file, ensure_writable_dir
 from mlfastsim.core.parallel import (
     ParallelConfig,
     TaskCache,
@@ -20,13 +20,15 @@ from mlfastsim.core.parallel import (
     clear_done,
     config_fingerprint,
     is_done,
+    iter_tasks,
     mark_done,
     run_tasks,
 )
 from mlfastsim.core.tracking import tracker_from_config
 from mlfastsim.showers.config import ConvertConfig, SimulateConfig, ValidateConfig
 from mlfastsim.showers.geometry import CylindricalMesh, load_detector, load_mesh, read_binning_xml
-from mlfastsim.showers.io.formats import ShowerData, read_native, write_native
+from mlfastsim.showers.io.formats import ShowerData, read_native
+from mlfastsim.showers.io.native import StoredShowers, native_writer
 
 
 def resolve_mesh(mesh: str | None, binning: Path | None) -> CylindricalMesh | None:
@@ -44,23 +46,59 @@ def _recorded_config(cfg: SimulateConfig) -> str:
     return dump_config(cfg.model_copy(update={"parallel": ParallelConfig()}))
 
 
-def simulate_to_file(cfg: SimulateConfig, *, progress: bool = False) -> ShowerData:
+def expected_showers(cfg: SimulateConfig) -> int:
+    """How many showers ``cfg`` asks for, from the options alone (before anything is allocated).
+
+    The same rules as :func:`~mlfastsim.showers.sim.em.make_kinematics` and
+    :func:`~mlfastsim.showers.sim.hadronic.make_pion_energies`: lists multiply, ranges do not.
+    """
+    n = int(cfg.n_per_point)
+    n_e = len(cfg.energies_gev) if cfg.energies_gev is not None else 1
+    if cfg.particle == "pion":
+        return n * n_e
+    n_a = (len(cfg.angles_deg) if cfg.angles_deg else 1) if cfg.angle_range_deg is None else 1
+    return n * n_e * n_a
+
+
+def _check_sizes(cfg: SimulateConfig, n_voxels: int) -> None:
+    """Refuse a run whose output cannot fit on its disk, or whose kinematics cannot fit in memory, before
+    any work: the resume cache holds every chunk (uncompressed) until the output is complete, and the
+    output is at most as large again."""
+    from mlfastsim.core.io import check_allocation, check_free_space
+
+    n = expected_showers(cfg)
+    raw = n * n_voxels * 4
+    check_free_space(cfg.output, 2 * raw, what=f"{n} showers of {n_voxels} cells (resume cache + output)")
+    check_allocation(n * 32, what=f"the kinematics of {n} showers", field="--n-per-point",
+                     fix="ask for fewer showers, or split the run over several outputs")
+
+
+def _done_result(output: Path) -> StoredShowers:
+    return StoredShowers.open(output)
+
+
+def simulate_to_file(cfg: SimulateConfig, *, progress: bool = False) -> StoredShowers:
     """Run the reference simulator as configured (serially or on Dask) and write the native file.
 
-    Idempotent: an output finished by the same settings is read back instead of simulated again, and a
-    run killed midway resumes from its finished chunks (``.NAME.parts`` beside the output; see
-    :mod:`mlfastsim.core.parallel`).
+    Chunks are appended to the file as they finish, in task order (:func:`~mlfastsim.core.parallel.iter_tasks`),
+    so memory does not grow with the number of showers; the result describes the file (energies, mesh,
+    per-shower totals) with the showers left on disk.
+
+    Idempotent: an output that still holds the bytes this job wrote is not simulated again, and a run
+    killed midway resumes from its finished chunks (``.NAME.parts`` beside the output, stored as data;
+    see :mod:`mlfastsim.core.resume`).  One job per output: a second one stops with one line.
     """
     from mlfastsim.showers.sim.em import make_kinematics
 
+    check_output_file(cfg.output)  # a directory, a device, /proc or a read-only disk: refused now
     fingerprint = config_fingerprint(cfg)
     if is_done(cfg.output, fingerprint):
-        return read_native(cfg.output)
+        return _done_result(cfg.output)
     if cfg.particle == "pion":
         return _simulate_pions_to_file(cfg, fingerprint, progress=progress)
     detector = load_detector(cfg.detector)
     mesh = load_mesh(cfg.mesh)
-    ensure_writable_dir(cfg.output.parent if str(cfg.output.parent) else Path("."))
+    _check_sizes(cfg, mesh.n_voxels)
     energies, angles = make_kinematics(
         energies_gev=cfg.energies_gev,
         energy_range_gev=cfg.energy_range_gev,
@@ -71,44 +109,41 @@ def simulate_to_file(cfg: SimulateConfig, *, progress: bool = False) -> ShowerDa
     )
     bounds = list(range(0, len(energies), cfg.chunk_size))
     tasks = [
-        (detector, mesh, energies[lo : lo + cfg.chunk_size], angles[lo : lo + cfg.chunk_size])
-        for lo in bounds
+        (detector, mesh, energies[lo : lo + cfg.chunk_size], angles[lo : lo + cfg.chunk_size], cfg.particle,
+         cfg.seed, i)
+        for i, lo in enumerate(bounds)
     ]
-    chunks = run_tasks(
-        _simulate_task,
-        [(*task, cfg.particle, cfg.seed, i) for i, task in enumerate(tasks)],
-        workers=cfg.parallel.workers,
-        scheduler=cfg.parallel.scheduler,
-        description=f"simulating {len(energies)} showers ({detector.name})",
-        progress=progress,
-        cache=(cache := TaskCache(cache_dir_for(cfg.output), fingerprint)),
-    )
-    data = ShowerData(
-        energies=energies,
-        showers=np.concatenate(chunks, axis=0),
-        mesh=mesh,
-        angles=angles,
-        meta={
-            "detector": detector.to_dict(),
-            "particle": cfg.particle,
-            "seed": cfg.seed,
-            "simulator": "gflash-gp",
-            "config": _recorded_config(cfg),
-        },
-    )
-    _write_done(data, cfg.output, fingerprint, cache)
-    return data
+    meta = {
+        "detector": detector.to_dict(),
+        "particle": cfg.particle,
+        "seed": cfg.seed,
+        "simulator": "gflash-gp",
+        "config": _recorded_config(cfg),
+    }
+    cache = TaskCache(cache_dir_for(cfg.output), fingerprint)  # takes the output's job lock
+    return _stream_to_file(cfg, fingerprint, cache, _simulate_task, tasks, mesh=mesh, energies=energies,
+                           angles=angles, meta=meta,
+                           description=f"simulating {len(energies)} showers ({detector.name})", progress=progress)
 
 
-def _write_done(data: ShowerData, output: Path, fingerprint: str, cache: TaskCache) -> None:
-    """Write the native file atomically, mark it finished, then drop the chunk cache."""
-    clear_done(output)
-    write_native(data, output)
-    mark_done(output, fingerprint)
+def _stream_to_file(cfg: SimulateConfig, fingerprint: str, cache: TaskCache, fn: Any, tasks: list[tuple[Any, ...]],
+                    *, mesh: Any, energies: np.ndarray, angles: np.ndarray | None, meta: dict[str, Any],
+                    description: str, progress: bool) -> StoredShowers:
+    """Append every task's showers to the output as they come (task order), mark it done, drop the cache."""
+    clear_done(cfg.output)
+    with native_writer(cfg.output, mesh=mesh, energies=energies, angles=angles, meta=meta) as writer:
+        for chunk in iter_tasks(fn, tasks, workers=cfg.parallel.workers, scheduler=cfg.parallel.scheduler,
+                                description=description, progress=progress, cache=cache):
+            writer.append(chunk)
+            del chunk
+    mark_done(cfg.output, fingerprint)
     cache.clear()
+    return StoredShowers(path=cfg.output, energies=np.asarray(energies, np.float32), mesh=mesh,
+                         angles=None if angles is None else np.asarray(angles, np.float32), meta=meta,
+                         totals=writer.totals)
 
 
-def _simulate_pions_to_file(cfg: SimulateConfig, fingerprint: str, *, progress: bool) -> ShowerData:
+def _simulate_pions_to_file(cfg: SimulateConfig, fingerprint: str, *, progress: bool) -> StoredShowers:
     """Charged pions on a Cartesian grid with the reference hadron simulator, chunks farmed out to Dask.
 
     Shower i draws from the stream (seed, i) whatever chunk it lands in, so the file is identical for
@@ -126,24 +161,19 @@ def _simulate_pions_to_file(cfg: SimulateConfig, fingerprint: str, *, progress: 
     if cfg.angles_deg not in (None, [90.0]) or cfg.angle_range_deg is not None:
         raise ConfigError("the hadron simulator models normal incidence only", field="--angle-deg",
                           fix="drop the angle options for pions (90 degrees is implied)")
-    ensure_writable_dir(cfg.output.parent if str(cfg.output.parent) else Path("."))
+    _check_sizes(cfg, grid.n_voxels)
     # fixed energies, or uniform in a range (as the hadron-shower studies sample them, not log-uniform)
     energies = make_pion_energies(energies_gev=cfg.energies_gev, energy_range_gev=cfg.energy_range_gev,
                                   n_per_point=cfg.n_per_point, seed=cfg.seed)
     angles = np.full(len(energies), 90.0, dtype=np.float32)
-    starts = list(range(0, len(energies), cfg.chunk_size))
-    chunks = run_tasks(
-        _simulate_pion_task,
-        [(energies[lo : lo + cfg.chunk_size], grid, calo, cfg.seed, lo) for lo in starts],
-        workers=cfg.parallel.workers, scheduler=cfg.parallel.scheduler,
-        description=f"simulating {len(energies)} pion showers ({calo.name})", progress=progress,
-        cache=(cache := TaskCache(cache_dir_for(cfg.output), fingerprint)),
-    )
-    data = ShowerData(energies=energies, showers=np.concatenate(chunks, axis=0), mesh=grid, angles=angles,
-                      meta={"particle": PARTICLE, "calorimeter": calo.to_dict(), "seed": cfg.seed,
-                            "simulator": SIMULATOR_NAME, "config": _recorded_config(cfg)})
-    _write_done(data, cfg.output, fingerprint, cache)
-    return data
+    tasks = [(energies[lo : lo + cfg.chunk_size], grid, calo, cfg.seed, lo)
+             for lo in range(0, len(energies), cfg.chunk_size)]
+    meta = {"particle": PARTICLE, "calorimeter": calo.to_dict(), "seed": cfg.seed, "simulator": SIMULATOR_NAME,
+            "config": _recorded_config(cfg)}
+    cache = TaskCache(cache_dir_for(cfg.output), fingerprint)  # takes the output's job lock
+    return _stream_to_file(cfg, fingerprint, cache, _simulate_pion_task, tasks, mesh=grid, energies=energies,
+                           angles=angles, meta=meta,
+                           description=f"simulating {len(energies)} pion showers ({calo.name})", progress=progress)
 
 
 def convert_to_file(cfg: ConvertConfig, *, progress: bool = False) -> tuple[ShowerData | None, bool]:

@@ -7,8 +7,9 @@ import it without an import circle through :mod:`.formats`.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,156 @@ def write_native(data: ShowerData, path: str | Path, *, compression: str | None 
             if data.meta:
                 f.attrs["meta"] = json.dumps(data.meta, default=str)
     return Path(path)
+
+
+# ------------------------------------------------------------------------------------ streaming writes
+class NativeWriter:
+    """Showers appended to a native file as they come: writing N showers needs memory for one chunk.
+
+    Made by :func:`native_writer`.  Energies and angles (two floats per shower) are written up front;
+    each :meth:`append` validates its rows (shape, NaN/inf, negative cells) and writes them in place.
+    The per-shower totals are kept (four bytes a shower) for the summary a command prints.
+    """
+
+    def __init__(self, f: h5py.File, path: Path, n: int, n_voxels: int) -> None:
+        self._f = f
+        self.path = path
+        self.n = n
+        self.n_voxels = n_voxels
+        self.written = 0
+        self.totals = np.zeros(n, dtype=np.float32)
+
+    def append(self, showers: np.ndarray) -> None:
+        """Write the next rows (a chunk in task order)."""
+        rows = np.asarray(showers, dtype=np.float32)
+        lo = self.written
+        if rows.ndim != 2 or rows.shape[1] != self.n_voxels or lo + rows.shape[0] > self.n:
+            raise DataError(f"chunk of shape {rows.shape} does not fit rows {lo}.. of ({self.n}, {self.n_voxels})",
+                            file=self.path, field="showers", fix="this is a bug in the job writing the file")
+        bad = ~np.isfinite(rows)
+        if bad.any() or (rows < 0).any():
+            row = lo + int(np.argwhere(bad | (rows < 0))[0][0])
+            raise DataError(f"NaN/inf or negative cell energy in row {row}", file=self.path, field="showers",
+                            fix="remove or repair the broken events")
+        self._f["showers"][lo : lo + rows.shape[0]] = rows
+        self.totals[lo : lo + rows.shape[0]] = rows.sum(axis=1)
+        self.written = lo + rows.shape[0]
+
+
+@contextlib.contextmanager
+def native_writer(path: str | Path, *, mesh: Mesh, energies: np.ndarray, angles: np.ndarray | None = None,
+                  meta: dict[str, Any] | None = None, compression: str | None = "gzip") -> Iterator[NativeWriter]:
+    """Open a native file for streaming (written under a temporary name, renamed into place on success).
+
+    The layout is that of :func:`write_native` (same datasets, chunks and attributes), so readers see
+    no difference; the HDF5 chunk cache holds a few chunks so that a task boundary inside an HDF5 chunk
+    never rewrites a compressed chunk (the bytes do not depend on the task size's alignment).
+    """
+    p = Path(path)
+    energies = np.asarray(energies, dtype=np.float32).reshape(-1)
+    n = int(energies.size)
+    if angles is not None:
+        angles = np.asarray(angles, dtype=np.float32).reshape(-1)
+        if angles.size != n or not np.isfinite(angles).all():
+            raise DataError("incident angles must be finite, one per shower", file=p, field="incident_angles",
+                            fix="this is a bug in the job writing the file")
+    if n == 0 or not np.isfinite(energies).all() or (energies <= 0).any():
+        raise DataError("incident energies must be finite and > 0, at least one", file=p,
+                        field="incident_energies", fix="check the requested energies")
+    chunk_rows = min(n, 256) or 1
+    chunk_bytes = chunk_rows * mesh.n_voxels * 4
+    kw: dict[str, Any] = {"compression": compression} if compression else {}
+    with atomic_path(p) as tmp:
+        with h5py.File(tmp, "w", rdcc_nbytes=3 * chunk_bytes + (1 << 20), rdcc_nslots=10007, rdcc_w0=1.0) as f:
+            f.create_dataset("incident_energies", data=energies.reshape(-1, 1), **kw)
+            f.create_dataset("showers", shape=(n, mesh.n_voxels), dtype=np.float32,
+                             chunks=(chunk_rows, mesh.n_voxels), **kw)
+            if angles is not None:
+                f.create_dataset("incident_angles", data=angles.reshape(-1, 1), **kw)
+            f.attrs["mlfastsim_format_version"] = NATIVE_FORMAT_VERSION
+            f.attrs["geometry"] = json.dumps(mesh.to_dict())
+            if meta:
+                f.attrs["meta"] = json.dumps(meta, default=str)
+            writer = NativeWriter(f, p, n, mesh.n_voxels)
+            yield writer
+            if writer.written != n:
+                raise DataError(f"only {writer.written} of {n} showers were written", file=p, field="showers",
+                                fix="this is a bug in the job writing the file")
+
+
+class ShowerRows:
+    """The ``showers`` of a file on disk, read in row blocks: the reductions a summary needs, without
+    holding N showers in memory (``np.asarray`` reads them all, for a caller that wants that)."""
+
+    def __init__(self, path: Path, shape: tuple[int, int], totals: np.ndarray | None = None) -> None:
+        self.path = path
+        self.shape = shape
+        self._totals = totals
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def blocks(self, rows: int = 1024) -> Iterator[np.ndarray]:
+        with open_h5(self.path, what="shower file") as f:
+            ds = f["showers"]
+            for lo in range(0, self.shape[0], rows):
+                yield np.asarray(ds[lo : lo + rows], dtype=np.float32)
+
+    def sum(self, axis: int | None = None) -> Any:
+        """Per-shower totals (``axis=1``) or the grand total, computed block by block."""
+        if axis in (1, -1):
+            if self._totals is None:
+                self._totals = np.concatenate([b.sum(axis=1) for b in self.blocks()]) if self.shape[0] else (
+                    np.zeros(0, np.float32))
+            return self._totals
+        if axis is None:
+            return float(self.sum(axis=1).sum(dtype=np.float64))
+        raise ValueError("ShowerRows sums over axis 1 or everything")
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        with open_h5(self.path, what="shower file") as f:
+            return np.asarray(f["showers"][()], dtype=dtype or np.float32)
+
+
+@dataclass
+class StoredShowers:
+    """A native file written by a streaming job: what a caller prints about it, without the showers in
+    memory (``showers`` reads row blocks from the file; :meth:`load` reads everything)."""
+
+    path: Path
+    energies: np.ndarray
+    mesh: Mesh
+    angles: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    totals: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.energies.shape[0])
+
+    @property
+    def showers(self) -> ShowerRows:
+        return ShowerRows(self.path, (len(self), self.mesh.n_voxels), self.totals)
+
+    def load(self) -> ShowerData:
+        return read_native(self.path, mesh=self.mesh)
+
+    @classmethod
+    def open(cls, path: str | Path) -> StoredShowers:
+        """The small parts of a native file (energies, angles, geometry, meta), showers left on disk."""
+        p = Path(path)
+        with open_h5(p, what="shower file") as f:
+            energies = _read_dataset(f, "incident_energies", p).reshape(-1)
+            angles = _read_dataset(f, "incident_angles", p).reshape(-1) if "incident_angles" in f else None
+            n_voxels = int(f["showers"].shape[1]) if "showers" in f and len(f["showers"].shape) == 2 else -1
+            geometry = f.attrs.get("geometry")
+            meta_raw = f.attrs.get("meta")
+        mesh = mesh_from_dict(json.loads(geometry), source=str(p)) if geometry is not None else guess_mesh(
+            n_voxels, source=p)
+        try:
+            meta = json.loads(meta_raw) if meta_raw is not None else {}
+        except json.JSONDecodeError:
+            meta = {}
+        return cls(path=p, energies=energies, mesh=mesh, angles=angles, meta=meta)
 
 
 def _read_dataset(f: h5py.File, key: str, path: Path) -> np.ndarray:
