@@ -551,7 +551,7 @@ MATERIALS: dict[str, Material] = {
 def _material(spec: str | dict[str, Any], *, source: str | None = None) -> Material:
     if isinstance(spec, dict):
         try:
-            return Material(**spec)
+            mat = Material(**spec)
         except TypeError as exc:
             raise GeometryError(
                 f"bad material definition ({exc})",
@@ -559,6 +559,19 @@ def _material(spec: str | dict[str, Any], *, source: str | None = None) -> Mater
                 field="material",
                 fix="give name, z, a, density, x0, rm, ec, dedx_mip",
             ) from exc
+        # physical sanity: a zero density or a negative X0 gives E_tot/E_inc = 0 or NaN only after the
+        # whole simulation has run
+        for key in ("z", "a", "density", "x0", "rm", "ec", "dedx_mip"):
+            value = getattr(mat, key)
+            try:
+                ok = math.isfinite(float(value)) and float(value) > 0
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise GeometryError(f"material {mat.name!r}: {key} must be a finite number > 0, got {value!r}",
+                                    file=source, field=f"material.{key}",
+                                    fix="use the PDG value (density g/cm3, x0/rm mm, ec MeV, dedx_mip MeV/mm)")
+        return mat
     if spec not in MATERIALS:
         raise GeometryError(
             f"unknown material {spec!r}", file=source, field="material", fix=f"use one of {', '.join(MATERIALS)}"
@@ -698,10 +711,20 @@ class Detector:
             ) from exc
         except (TypeError, ValueError) as exc:
             raise GeometryError(f"bad detector value ({exc})", file=source, fix="check the numbers") from exc
-        if det.absorber_mm <= 0 or det.n_layers < 1 or (det.active is not None and det.active_mm <= 0):
+        def positive(x: float) -> bool:
+            return math.isfinite(x) and x > 0  # NaN compares False to everything: test it explicitly
+
+        if not positive(det.absorber_mm) or det.n_layers < 1 or (det.active is not None
+                                                                 and not positive(det.active_mm)):
             raise GeometryError(
-                "thicknesses and n_layers must be positive", file=source, fix="check absorber_mm, active_mm, n_layers"
+                "thicknesses must be finite numbers > 0 mm and n_layers >= 1", file=source,
+                fix="check absorber_mm, active_mm, n_layers"
             )
+        for key in ("stochastic_term", "constant_term"):
+            value = getattr(det, key)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise GeometryError(f"{key} must be a finite number >= 0, got {value!r}", file=source, field=key,
+                                    fix="give the resolution term as a fraction (e.g. 0.1), or leave it out")
         return det
 
 

@@ -21,6 +21,7 @@ from mlfastsim.core.parallel import (
     config_fingerprint,
     is_done,
     iter_tasks,
+    job_lock,
     mark_done,
     run_tasks,
 )
@@ -73,10 +74,6 @@ def _check_sizes(cfg: SimulateConfig, n_voxels: int) -> None:
                      fix="ask for fewer showers, or split the run over several outputs")
 
 
-def _done_result(output: Path) -> StoredShowers:
-    return StoredShowers.open(output)
-
-
 def simulate_to_file(cfg: SimulateConfig, *, progress: bool = False) -> StoredShowers:
     """Run the reference simulator as configured (serially or on Dask) and write the native file.
 
@@ -93,7 +90,7 @@ def simulate_to_file(cfg: SimulateConfig, *, progress: bool = False) -> StoredSh
     check_output_file(cfg.output)  # a directory, a device, /proc or a read-only disk: refused now
     fingerprint = config_fingerprint(cfg)
     if is_done(cfg.output, fingerprint):
-        return _done_result(cfg.output)
+        return StoredShowers.open(cfg.output)
     if cfg.particle == "pion":
         return _simulate_pions_to_file(cfg, fingerprint, progress=progress)
     detector = load_detector(cfg.detector)
@@ -191,7 +188,10 @@ def convert_to_file(cfg: ConvertConfig, *, progress: bool = False) -> tuple[Show
         raise ConfigError(f"unknown output layout {cfg.target_format!r}", field="--to",
                           fix=f"use one of {', '.join(formats.WRITERS)}")
     formats.get_reader(cfg.source_format)
-    ensure_writable_dir(cfg.output.parent if cfg.target_format != "par04" else cfg.output)
+    if cfg.target_format == "par04":  # par04 writes one file per angle into a directory
+        ensure_writable_dir(cfg.output)
+    else:
+        check_output_file(cfg.output)  # a directory, a device or a read-only disk: refused before reading
     # absolute paths for the tasks (a Dask worker's working directory is not ours), the given ones for
     # the joined file's provenance
     given = formats.expand_inputs(cfg.inputs, what=cfg.source_format)
@@ -267,16 +267,19 @@ def validate_files(cfg: ValidateConfig, *, progress: bool = False) -> dict[str, 
     outdir = ensure_writable_dir(cfg.output)
     reference.meta.setdefault("source", str(cfg.reference))
     candidate.meta.setdefault("source", str(cfg.candidate))
-    tracker = tracker_from_config(cfg.tracking, default_name=f"validate-{outdir.name}")
-    try:
-        tracker.log_params({"reference": str(cfg.reference), "candidate": str(cfg.candidate),
-                            "classifier": cfg.classifier, "seed": cfg.seed})
-        metrics = run_validation(
-            reference, candidate, outdir, classifier=cfg.classifier, tracker=tracker, seed=cfg.seed,
-            labels=(cfg.reference.stem, cfg.candidate.stem), progress=progress,
-            exclude_empty=cfg.exclude_empty, threshold_mev=cfg.threshold_mev,
-        )
-    finally:
-        tracker.close()
-    atomic_write_text(outdir / "config.yaml", dump_config(cfg))
+    # one validation per output directory: a second run on the same -o stops with one line instead of
+    # leaving a mix of both runs' figures and metrics
+    with job_lock(outdir):
+        tracker = tracker_from_config(cfg.tracking, default_name=f"validate-{outdir.name}")
+        try:
+            tracker.log_params({"reference": str(cfg.reference), "candidate": str(cfg.candidate),
+                                "classifier": cfg.classifier, "seed": cfg.seed})
+            metrics = run_validation(
+                reference, candidate, outdir, classifier=cfg.classifier, tracker=tracker, seed=cfg.seed,
+                labels=(cfg.reference.stem, cfg.candidate.stem), progress=progress,
+                exclude_empty=cfg.exclude_empty, threshold_mev=cfg.threshold_mev,
+            )
+        finally:
+            tracker.close()
+        atomic_write_text(outdir / "config.yaml", dump_config(cfg))
     return metrics

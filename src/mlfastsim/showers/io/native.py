@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from mlfastsim.core.errors import ConfigError, DataError, InputFileError
-from mlfastsim.core.io import atomic_path, open_h5
+from mlfastsim.core.io import atomic_path, check_h5_dataset, open_h5
 from mlfastsim.showers.geometry import (
     MESH_PRESETS,
     CartesianGrid,
@@ -96,6 +96,12 @@ class ShowerData:
             raise DataError(
                 f"NaN/inf incident angle, first in row {row}",
                 file=source, field="incident_angles", fix="remove or repair the broken events",
+            )
+        if self.angles is not None and ((self.angles < 0) | (self.angles > 180)).any():
+            row = int(np.argwhere((self.angles < 0) | (self.angles > 180))[0][0])
+            raise DataError(
+                f"incident angle {float(self.angles[row]):g} degrees is outside 0..180, first in row {row}",
+                file=source, field="incident_angles", fix="store angles in degrees (90 = normal incidence)",
             )
         for name, arr in (("incident_energies", self.energies), ("showers", self.showers)):
             bad = ~np.isfinite(arr)
@@ -314,7 +320,20 @@ class StoredShowers:
 
 def _read_dataset(f: h5py.File, key: str, path: Path) -> np.ndarray:
     try:
-        return np.asarray(f[key][()], dtype=np.float32)
+        ds = f[key]
+    except KeyError:
+        raise InputFileError(
+            f"missing dataset {key!r} (found: {', '.join(f.keys()) or 'nothing'})",
+            file=path, field=key, fix="pass a native or CaloChallenge shower file",
+        ) from None
+    if not isinstance(ds, h5py.Dataset):
+        raise InputFileError(f"{key!r} is a group, not a dataset", file=path, field=key,
+                             fix="pass a native or CaloChallenge shower file")
+    # a declared shape the file's bytes cannot back (a forged 1.6 KB file declaring 4.7 TiB), or one
+    # that cannot fit in memory: refused before numpy allocates anything
+    check_h5_dataset(ds, file=path, field=key)
+    try:
+        return np.asarray(ds[()], dtype=np.float32)
     except KeyError:
         raise InputFileError(
             f"missing dataset {key!r} (found: {', '.join(f.keys()) or 'nothing'})",
