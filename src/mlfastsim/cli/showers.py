@@ -127,23 +127,40 @@ def validate(
     binning: Annotated[Path | None, typer.Option(help="CaloChallenge binning XML (mesh of both files).")] = None,
     mesh: Annotated[str | None, typer.Option(help="Mesh preset or YAML (instead of --binning).")] = None,
     no_classifier: Annotated[bool, typer.Option("--no-classifier", help="Skip the classifier test.")] = False,
+    classifier: Annotated[str | None, typer.Option(
+        "--classifier", metavar="fast|calochallenge",
+        help="fast: our quick network (default); calochallenge: the official network and inputs "
+             "(2048 x 3, 50 epochs, float64; slow on CPUs), for numbers to quote.")] = None,
+    binning_mode: Annotated[str | None, typer.Option(
+        "--binning-mode", metavar="adaptive|calochallenge",
+        help="calochallenge: also bin every CaloChallenge histogram exactly as the official code does, "
+             "beside the adaptive values.")] = None,
+    match_conditions: Annotated[bool, typer.Option(
+        "--match-conditions", help="Subsample both samples to the same (energy, angle) points first.")] = False,
     exclude_empty: Annotated[
         bool, typer.Option("--exclude-empty", help="Drop showers with no energy instead of refusing them.")
     ] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed (classifier).")] = None,
     threshold_mev: Annotated[float | None, typer.Option(
-        "--threshold-mev", help="Zero cells below this energy in both samples (a readout threshold).")] = None,
+        "--threshold-mev", help="Zero cells below this energy in both samples (a readout threshold). "
+        "Default: the geometry's (0.0151515 on CaloChallenge meshes, 0.5 MIP on hadron grids); 0: off.")] = None,
     tracking: Annotated[str | None, typer.Option(help="Tracking backend: local, mlflow, wandb.")] = None,
 ) -> None:
     """Compare a candidate sample with a reference: observables, metrics, classifier, plots, HTML report."""
     from mlfastsim.showers.pipeline import validate_files
     from mlfastsim.showers.validation.validate import summary_table
 
+    if no_classifier and classifier not in (None, "off"):
+        from mlfastsim.core.errors import ConfigError
+
+        raise ConfigError(f"--no-classifier and --classifier {classifier} contradict each other",
+                          field="--classifier", fix="pass one of them")
     cfg = load_config(
         ValidateConfig,
         config,
         cli={"reference": reference, "candidate": candidate, "output": output, "binning": binning, "mesh": mesh,
-             "classifier": False if no_classifier else None,
+             "classifier": "off" if no_classifier else classifier, "binning_mode": binning_mode,
+             "match_conditions": True if match_conditions else None,
              "exclude_empty": True if exclude_empty else None, "seed": seed, "threshold_mev": threshold_mev,
              "tracking.backend": tracking},
         overrides=set_ or [],

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mlfastsim.core.config import StrictModel
 from mlfastsim.core.devices import DeviceConfig
@@ -63,13 +63,30 @@ class ValidateConfig(StrictModel):
     output: Path = Path("validation")
     binning: Path | None = None
     mesh: str | None = None
-    classifier: bool = True
+    # "fast" (our quick network), "calochallenge" (the official network and inputs, for numbers to quote)
+    # or "off"; true / false are read as "fast" / "off"
+    classifier: Literal["fast", "calochallenge", "off"] = "fast"
     exclude_empty: bool = False
     # zero cells below this energy (MeV) in both samples first, as a readout would; also the lower edge of
-    # the cell spectrum (default: CaloChallenge's 15.2 keV).  For hadron files: the calorimeter's 0.5 MIP.
+    # the cell spectrum.  None: the geometry's own, CaloChallenge's 0.5 keV / 0.033 = 0.0151515 MeV on
+    # cylindrical (ds2/ds3/Par04) meshes, the calorimeter's 0.5 MIP from the file's metadata on hadron
+    # grids; 0 turns it off.
     threshold_mev: float | None = Field(None, ge=0.0)
+    # "adaptive" (reference-quantile bins sized to the samples) or "calochallenge" (also every histogram on
+    # the official fixed bins, reported beside the adaptive values)
+    binning_mode: Literal["adaptive", "calochallenge"] = "adaptive"
+    # subsample both samples to the same (energy, angle) points before comparing
+    match_conditions: bool = False
     seed: int = 0
     tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("classifier", mode="before")
+    @classmethod
+    def _classifier_from_bool(cls, value: object) -> object:
+        """Old configs say ``classifier: true/false``."""
+        if isinstance(value, bool):
+            return "fast" if value else "off"
+        return value
 
 
 # ------------------------------------------------------------------------------------ MetaHEP road

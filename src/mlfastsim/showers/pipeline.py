@@ -264,22 +264,30 @@ def validate_files(cfg: ValidateConfig, *, progress: bool = False) -> dict[str, 
     reference = read_native(cfg.reference, mesh=mesh)
     candidate = read_native(cfg.candidate, mesh=mesh)
     reference, candidate = _common_crop(reference, candidate)
+    created = not cfg.output.exists()
     outdir = ensure_writable_dir(cfg.output)
     reference.meta.setdefault("source", str(cfg.reference))
     candidate.meta.setdefault("source", str(cfg.candidate))
-    # one validation per output directory: a second run on the same -o stops with one line instead of
-    # leaving a mix of both runs' figures and metrics
-    with job_lock(outdir):
-        tracker = tracker_from_config(cfg.tracking, default_name=f"validate-{outdir.name}")
-        try:
-            tracker.log_params({"reference": str(cfg.reference), "candidate": str(cfg.candidate),
-                                "classifier": cfg.classifier, "seed": cfg.seed})
-            metrics = run_validation(
-                reference, candidate, outdir, classifier=cfg.classifier, tracker=tracker, seed=cfg.seed,
-                labels=(cfg.reference.stem, cfg.candidate.stem), progress=progress,
-                exclude_empty=cfg.exclude_empty, threshold_mev=cfg.threshold_mev,
-            )
-        finally:
-            tracker.close()
-        atomic_write_text(outdir / "config.yaml", dump_config(cfg))
+    try:
+        # one validation per output directory: a second run on the same -o stops with one line instead of
+        # leaving a mix of both runs' figures and metrics
+        with job_lock(outdir):
+            tracker = tracker_from_config(cfg.tracking, default_name=f"validate-{outdir.name}")
+            try:
+                tracker.log_params({"reference": str(cfg.reference), "candidate": str(cfg.candidate),
+                                    "classifier": cfg.classifier, "seed": cfg.seed})
+                metrics = run_validation(
+                    reference, candidate, outdir, classifier=False if cfg.classifier == "off" else cfg.classifier,
+                    tracker=tracker, seed=cfg.seed, labels=(cfg.reference.stem, cfg.candidate.stem),
+                    progress=progress, exclude_empty=cfg.exclude_empty, threshold_mev=cfg.threshold_mev,
+                    binning_mode=cfg.binning_mode, match=cfg.match_conditions,
+                )
+            finally:
+                tracker.close()
+            atomic_write_text(outdir / "config.yaml", dump_config(cfg))
+    except BaseException:
+        # refused input: never leave an empty output folder behind
+        if created and outdir.is_dir() and not any(outdir.iterdir()):
+            outdir.rmdir()
+        raise
     return metrics

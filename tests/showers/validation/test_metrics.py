@@ -8,17 +8,22 @@ import numpy as np
 import pytest
 
 from mlfastsim.showers.validation.metrics import (
+    auc_null,
     binned_counts,
     compare_profiles,
     compare_samples,
     default_n_bins,
+    excess,
     fpd,
     frechet_distance,
     grade,
     kpd,
+    mmd_poly_unbiased,
     reference_edges,
+    reference_split_floor,
     separation_power,
     separation_power_floor,
+    separation_power_null,
     wasserstein,
 )
 
@@ -122,9 +127,84 @@ def test_fpd_and_kpd_vanish_for_one_distribution_and_grow_with_a_shift() -> None
     assert grade("fpd", f_shift["value"], f_shift["error"]) == "fail"
 
 
-def test_grades() -> None:
-    assert grade("separation_power", 0.004) == "pass"
-    assert grade("separation_power", 0.02) == "warn"
-    assert grade("separation_power", 0.5) == "fail"
-    assert grade("auc", 0.52) == "pass" and grade("auc", 0.95) == "fail"
-    assert grade("wasserstein_norm", None) == "n/a"
+def test_grades_are_excesses_over_the_floor() -> None:
+    # separation power 0.004 over a floor of 0.0025 +- 0.0005: 3 spreads -> pass; 0.0075 -> 10 -> warn
+    assert grade("separation_power", 0.004, floor=0.0025, floor_sd=0.0005) == "pass"
+    assert grade("separation_power", 0.0075, floor=0.0025, floor_sd=0.0005) == "warn"
+    assert grade("separation_power", 0.02, floor=0.0025, floor_sd=0.0005) == "fail"
+    # the same value passes at a larger floor (fewer showers): grades follow the statistics
+    assert grade("separation_power", 0.02, floor=0.015, floor_sd=0.002) == "pass"
+    # no floor, no grade
+    assert grade("separation_power", 0.004) == "n/a"
+    assert grade("jsd", 0.3) == "n/a"
+    assert grade("wasserstein", None) == "n/a"
+    # AUC against an uninformative classifier on 1000 + 1000 evaluation showers
+    mean, sd = auc_null(1000, 1000)
+    assert mean == 0.5 and sd == pytest.approx(math.sqrt(2001 / 12e6))
+    assert grade("auc", 0.52, floor=mean, floor_sd=sd) == "pass"
+    assert grade("auc", 0.95, floor=mean, floor_sd=sd) == "fail"
+    # FPD/KPD: value over error; negative values (an unbiased estimate of 0) pass
+    assert grade("kpd", -0.002, 0.001) == "pass"
+    assert grade("fpd", 0.05, 0.001) == "fail"
+    assert grade("fpd", 0.05, 0.0) == "n/a"
+    assert excess(1.0, 0.0, 0.0) is None  # a constant reference has no spread to compare against
+
+
+def test_separation_power_null_spread_matches_simulation() -> None:
+    """The chi-square null: S of two same-distribution samples has mean c (B - 1) and spread c sqrt(2 (B - 1))."""
+    rng = np.random.default_rng(11)
+    n, bins = 2000, 20
+    values = [compare_samples(rng.normal(size=n), rng.normal(size=n), n_bins=bins)["separation_power"]
+              for _ in range(200)]
+    mean, sd = separation_power_null(bins, n, n)
+    reported = compare_samples(rng.normal(size=n), rng.normal(size=n), n_bins=bins)
+    # quantile bins add under- and overflow: ~1/(N + 1) more than the chi-square mean
+    assert reported["separation_power_floor"] == pytest.approx(mean + 1.0 / (n + 1))
+    assert np.mean(values) == pytest.approx(reported["separation_power_floor"], rel=0.06)
+    assert np.std(values) == pytest.approx(sd, rel=0.25)
+
+
+def test_wasserstein_norm_is_never_an_undefined_ratio() -> None:
+    """A nearly constant reference (an almost empty layer) no longer divides W1 by ~0."""
+    ref = np.zeros(1000)
+    ref[0] = 1e-9
+    cand = np.random.default_rng(0).uniform(0.0, 5.0, 1000)
+    w, w_norm = wasserstein(ref, cand)
+    assert w == pytest.approx(cand.mean(), rel=1e-6)
+    assert w_norm is not None and w_norm < 2.0
+    assert wasserstein(np.zeros(10), np.zeros(10))[1] is None
+
+
+def test_reference_split_floor_estimates_the_same_vs_same_distance() -> None:
+    rng = np.random.default_rng(5)
+    ref = rng.normal(size=4000)
+    floor, sd = reference_split_floor(ref, lambda a, b: wasserstein(a, b)[0], 4000, n_splits=8, seed=1)
+    same = [wasserstein(ref, rng.normal(size=4000))[0] for _ in range(30)]
+    assert floor == pytest.approx(np.mean(same), rel=0.35)
+    assert sd > 0
+
+
+def test_kpd_and_fpd_errors_come_from_resampling_even_when_the_batch_is_the_sample() -> None:
+    """300 vs 300 showers with batch size 1000: the batches still differ, so the error is not 0."""
+    rng = np.random.default_rng(6)
+    d = 40
+    ref, cand = rng.normal(size=(300, d)), rng.normal(size=(300, d))
+    k = kpd(ref, cand, seed=0)
+    assert k["batch_size"] == 300 and k["error"] > 0
+    assert abs(k["value"]) < 4 * k["error"]  # unbiased: no upward bias from repeated showers
+    # more features than showers allow an extrapolation: full-sample distance with a bootstrap error
+    wide = rng.normal(size=(60, 80)), rng.normal(size=(60, 80))
+    f = fpd(*wide, seed=0)
+    assert f["error"] > 0 and "bootstrap" in f["method"]
+
+
+def test_mmd_without_self_pairs_is_unbiased_under_resampling() -> None:
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(size=(200, 5)), rng.normal(size=(200, 5))
+    vals = []
+    for _ in range(40):
+        ia, ib = rng.integers(0, 200, 200), rng.integers(0, 200, 200)
+        vals.append(mmd_poly_unbiased(a[ia], b[ib], ids_a=ia, ids_b=ib))
+    full = mmd_poly_unbiased(a, b)
+    # the bootstrap replicates centre on the full-sample U-statistic (no k(x, x) bias)
+    assert np.mean(vals) == pytest.approx(full, abs=3 * np.std(vals) / math.sqrt(40))

@@ -1,35 +1,43 @@
-"""The CaloChallenge classifier test: can a small DNN tell the candidate from the reference?
+"""The CaloChallenge classifier test: can a DNN tell the candidate from the reference?
 
-Follows CaloChallenge/homepage ``code/evaluate.py``: a fully connected network (LeakyReLU, dropout) is
-trained with binary cross-entropy to separate reference (label 1) from candidate (label 0) showers; the
-samples are cut to equal size and split 60/20/20 into train, selection and evaluation sets; the epoch
-with the best selection-set loss is kept (early stopping), its output is calibrated with isotonic
-regression on the selection set (we default to Platt scaling instead, see :func:`calibrate`), and on the
-evaluation set we report
+Follows CaloChallenge/homepage ``code/evaluate.py``: a fully connected network (LeakyReLU) is trained with
+binary cross-entropy to separate reference (label 1) from candidate (label 0) showers; the samples are cut
+to equal size and split 60/20/20 into train, selection and evaluation sets; one epoch is kept by its
+selection-set score, its output is calibrated on the selection set, and on the evaluation set we report
 
-* the ROC AUC of the raw output (calibration is monotone, so it does not change the ranking; the
-  calibrated AUC is reported too, ties from the isotonic steps pull it slightly towards 0.5), and
+* the ROC AUC (of the raw output by default: calibration is monotone, so it does not change the ranking;
+  the calibrated AUC is reported too, ties from isotonic steps pull it slightly towards 0.5), and
 * CaloChallenge's JSD estimate ``(log 2 - BCE_calibrated) / log 2`` in [0, 1] (it scatters around 0,
   and may dip below, for indistinguishable samples; 1 means perfectly separable).
 
-Inputs.  Low level: every voxel as a fraction u of the incident energy (CaloChallenge's normalisation),
-compressed with ``log1p(u / 1e-3)`` (linear below 0.1 % of E_inc, logarithmic above, so the shower core
-does not drown the periphery), plus log10 E_inc.  On 10k vs 10k simulated showers this scale beat both
-CaloChallenge's linear u and a steeper ``log1p(u / 1e-5)`` on a different detector (AUC 0.974 vs 0.967
-and 0.970), and kept some sensitivity to a 3 % energy-scale shift (0.53; linear 0.55, steeper 0.50).
-No low-level classifier of this size sees such a global scale well with 10k showers: the E_tot/E_inc
-separation power and the high-level classifier (which gets E_tot/E_inc as a feature) do.  High level:
-the feature vector of :func:`mlfastsim.showers.validation.observables.high_level_features`.  All inputs are
-standardised with the training split's mean and standard deviation.
+Two recipes:
 
-Differences from CaloChallenge, for speed on CPUs: float32, 2 hidden layers of 256 (not 512), Adam at
-1e-3 with batch 256, early stopping on the selection loss (patience 3, at most 20 epochs, and a stop at
-perfect separation as there) instead of 50 epochs with the best-accuracy epoch kept.  Calibration: Platt
-scaling by default, because isotonic regression on a selection set of a few thousand showers overfits
-and biases the JSD of two identical samples to -0.03..-0.06 (Platt: |JSD| < 0.001); isotonic is one
-option away (``ClassifierConfig(calibration="isotonic")``).  Randomness comes
-from one seed: a local ``torch.Generator`` for splits and batches and ``torch.manual_seed`` for weights and
-dropout, inside :func:`torch.random.fork_rng` so the caller's global RNG state is left untouched.
+``fast`` (:class:`ClassifierConfig` defaults, for every validation on CPUs)
+    2 hidden layers of 256 with dropout 0.2, float32, Adam at 1e-3 with batch 256, early stopping on the
+    selection loss (patience 3, at most 20 epochs), Platt calibration, standardised inputs.  Low-level
+    inputs: every voxel as a fraction u of the incident energy, compressed with ``log1p(u / 1e-3)``
+    (linear below 0.1 % of E_inc, logarithmic above, so the shower core does not drown the periphery),
+    plus log10 E_inc.  On 10k vs 10k simulated showers this scale beat both CaloChallenge's linear u and
+    a steeper ``log1p(u / 1e-5)`` on a different detector (AUC 0.974 vs 0.967 and 0.970), and kept some
+    sensitivity to a 3 % energy-scale shift (0.53; linear 0.55, steeper 0.50).  High level: the vector of
+    :func:`mlfastsim.showers.validation.observables.high_level_features`.
+``calochallenge`` (:data:`mlfastsim.showers.validation.calochallenge.OFFICIAL_CLASSIFIER`, numbers to quote)
+    the official network: an input layer and two more hidden layers, all 2048 wide (3 hidden layers),
+    LeakyReLU, no dropout, Adam at 2e-4, batch 1000, 50 epochs with the best selection-set *accuracy*
+    kept (stop at accuracy 1), isotonic calibration, float64, the official (unstandardised) inputs, and
+    the AUC of the calibrated output, as the official script prints it.  Slow on CPUs (about 10^14
+    floating-point operations for 10k vs 10k low-level showers); meant for a GPU or for high-level
+    inputs.
+
+Robustness (a classifier never stops a validation).  Standardisation floors each feature's spread at
+:data:`STD_FLOOR_FRACTION` of the typical spread and clips standardised inputs at ±:data:`INPUT_CLIP`: a
+voxel that is nearly constant on the training split (one tiny deposit) otherwise turns into a 1e4-sigma
+input on the other splits and drove logits to -1.5e29, which made the calibration return NaN.  Logits
+are made finite and clipped at ±:data:`LOGIT_CLIP` before calibration.  Calibration: Platt scaling by
+default, because isotonic regression on a selection set of a few thousand showers overfits and biases
+the JSD of two identical samples to -0.03..-0.06 (Platt: |JSD| < 0.001).  Randomness comes from one seed:
+a local ``torch.Generator`` for splits and batches and ``torch.manual_seed`` for weights and dropout,
+inside :func:`torch.random.fork_rng` so the caller's global RNG state is left untouched.
 """
 
 from __future__ import annotations
@@ -49,24 +57,35 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from mlfastsim.core.errors import DataError
 from mlfastsim.showers.io.formats import ShowerData
+from mlfastsim.showers.validation.metrics import auc_null
 
 VOXEL_FRACTION_SCALE = 1e-3
+# A feature's standardisation spread is at least this fraction of the median spread of all features.
+STD_FLOOR_FRACTION = 1e-2
+# Standardised inputs are clipped to this many (floored) standard deviations.
+INPUT_CLIP = 50.0
+# Logits are made finite and clipped to this before calibration (sigmoid(40) = 1 - 4e-18).
+LOGIT_CLIP = 40.0
 
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    """Hyper-parameters of the classifier test (defaults sized for 10k vs 10k showers on 2 cores)."""
+    """Hyper-parameters of the classifier test (defaults: the fast recipe, sized for 10k vs 10k on 2 cores)."""
 
     hidden: int = 256
-    n_layers: int = 2
+    n_layers: int = 2  # hidden layers in all
     dropout: float = 0.2
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 256
     max_epochs: int = 20
-    patience: int = 3
+    patience: int | None = 3  # epochs without selection-loss improvement before stopping; None: never
     min_delta: float = 1e-4  # selection-loss improvement (nats) that counts for early stopping
+    selection: str = "loss"  # keep the epoch with the lowest selection loss, or "accuracy" (CaloChallenge)
     calibration: str = "platt"  # "platt" (logistic fit on the logit) or "isotonic" (CaloChallenge)
+    dtype: str = "float32"  # or "float64" (CaloChallenge)
+    standardise: bool = True  # robust standardisation with the training split's statistics
+    auc_from: str = "raw"  # "raw" network output or "calibrated" (what CaloChallenge prints)
     split: tuple[float, float, float] = (0.6, 0.2, 0.2)
     threads: int | None = None  # None: the CPUs this process may use
     max_train_seconds: float | None = None  # stop training early after this wall time (best epoch kept)
@@ -89,9 +108,15 @@ class ClassifierResult:
     roc_fpr: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     roc_tpr: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
 
-    def as_dict(self) -> dict[str, float | int]:
+    auc_null_sd: float = 0.0  # spread of the AUC of an uninformative classifier on this evaluation set
+    recipe: str = "fast"
+
+    def as_dict(self) -> dict[str, float | int | str]:
         return {
             "auc": self.auc,
+            "auc_floor": 0.5,
+            "auc_floor_sd": self.auc_null_sd,
+            "recipe": self.recipe,
             "auc_calibrated": self.auc_calibrated,
             "jsd": self.jsd,
             "accuracy": self.accuracy,
@@ -170,6 +195,27 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
+def finite_logits(z: np.ndarray) -> np.ndarray:
+    """Logits with NaN mapped to 0 and everything clipped to ±:data:`LOGIT_CLIP` (ranking kept inside)."""
+    return np.clip(np.nan_to_num(np.asarray(z, dtype=np.float64), nan=0.0, posinf=LOGIT_CLIP, neginf=-LOGIT_CLIP),
+                   -LOGIT_CLIP, LOGIT_CLIP)
+
+
+def robust_scale(x_train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and floored spread of each feature on the training split (see the module docstring).
+
+    The spread is floored at :data:`STD_FLOOR_FRACTION` of the median non-zero spread over features (and
+    a constant feature gets the median spread), so no feature is divided by ~0.
+    """
+    mean = x_train.mean(dim=0)
+    std = x_train.std(dim=0) if len(x_train) > 1 else torch.zeros_like(mean)
+    positive = std[std > 0]
+    typical = positive.median() if positive.numel() else torch.ones((), dtype=std.dtype)
+    floor = STD_FLOOR_FRACTION * typical
+    std = torch.where(std > 0, torch.maximum(std, floor), typical)
+    return mean, std
+
+
 def calibrate(
     logits_fit: np.ndarray, labels_fit: np.ndarray, logits: np.ndarray, *, method: str
 ) -> np.ndarray:
@@ -208,11 +254,13 @@ def train_classifier(
     *,
     config: ClassifierConfig = ClassifierConfig(),
     seed: int = 0,
+    recipe: str = "fast",
 ) -> ClassifierResult:
     """Train and evaluate the reference-vs-candidate classifier on two (N, F) input arrays.
 
     The larger sample is cut (randomly) to the size of the smaller one so that the classes are balanced,
-    as the JSD estimate from the cross-entropy assumes equal priors.
+    as the JSD estimate from the cross-entropy assumes equal priors.  Raises :class:`DataError` for
+    unusable inputs (shapes, fewer than 20 showers); the caller records that as "unavailable".
     """
     if reference.ndim != 2 or candidate.ndim != 2 or reference.shape[1] != candidate.shape[1]:
         raise DataError(
@@ -227,6 +275,13 @@ def train_classifier(
             field="showers",
             fix="use larger samples or run without the classifier (--no-classifier)",
         )
+    for name, value, allowed in (("selection", config.selection, ("loss", "accuracy")),
+                                 ("dtype", config.dtype, ("float32", "float64")),
+                                 ("auc_from", config.auc_from, ("raw", "calibrated"))):
+        if value not in allowed:
+            raise ValueError(f"ClassifierConfig.{name} must be one of {allowed}, got {value!r}")
+    tdtype = torch.float64 if config.dtype == "float64" else torch.float32
+    np_dtype = np.float64 if config.dtype == "float64" else np.float32
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     with torch_threads(config.threads), torch.random.fork_rng(devices=[]):
@@ -236,32 +291,33 @@ def train_classifier(
         parts_r = _split(n, config.split, gen)
         parts_c = _split(n, config.split, gen)
 
-        src_r = torch.from_numpy(np.ascontiguousarray(reference, dtype=np.float32))
-        src_c = torch.from_numpy(np.ascontiguousarray(candidate, dtype=np.float32))
+        src_r = torch.from_numpy(np.ascontiguousarray(reference, dtype=np_dtype))
+        src_c = torch.from_numpy(np.ascontiguousarray(candidate, dtype=np_dtype))
 
         def gather(k: int) -> tuple[torch.Tensor, torch.Tensor]:
             # rows copied once, straight into the split's tensor (no intermediate arrays)
             idx_r = torch.from_numpy(pick_r[parts_r[k].numpy()])
             idx_c = torch.from_numpy(pick_c[parts_c[k].numpy()])
-            x = torch.empty((len(idx_r) + len(idx_c), src_r.shape[1]), dtype=torch.float32)
+            x = torch.empty((len(idx_r) + len(idx_c), src_r.shape[1]), dtype=tdtype)
             torch.index_select(src_r, 0, idx_r, out=x[: len(idx_r)])
             torch.index_select(src_c, 0, idx_c, out=x[len(idx_r) :])
-            y = torch.cat([torch.ones(len(idx_r)), torch.zeros(len(idx_c))])
+            y = torch.cat([torch.ones(len(idx_r), dtype=tdtype), torch.zeros(len(idx_c), dtype=tdtype)])
             return x, y
 
         x_train, y_train = gather(0)
         x_sel, y_sel = gather(1)
         x_eval, y_eval = gather(2)
-        mean = x_train.mean(dim=0)
-        std = x_train.std(dim=0)
-        std = torch.where(std > 0, std, torch.ones_like(std))
-        for x in (x_train, x_sel, x_eval):
-            x.sub_(mean).div_(std)
+        if config.standardise:
+            mean, std = robust_scale(x_train)
+            for x in (x_train, x_sel, x_eval):
+                x.sub_(mean).div_(std).clamp_(-INPUT_CLIP, INPUT_CLIP)
+        for x in (x_train, x_sel, x_eval):  # a non-finite input would poison every weight it touches
+            torch.nan_to_num_(x, nan=0.0, posinf=INPUT_CLIP, neginf=-INPUT_CLIP)
 
-        model = _DNN(x_train.shape[1], config.hidden, config.n_layers, config.dropout)
+        model = _DNN(x_train.shape[1], config.hidden, config.n_layers, config.dropout).to(tdtype)
         opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         loss_fn = torch.nn.BCEWithLogitsLoss()
-        best_loss, best_epoch, best_state, epochs = math.inf, 0, copy.deepcopy(model.state_dict()), 0
+        best_score, best_epoch, best_state, epochs = -math.inf, 0, copy.deepcopy(model.state_dict()), 0
         for epoch in range(1, config.max_epochs + 1):
             model.train()
             order = torch.randperm(len(x_train), generator=gen)
@@ -272,12 +328,17 @@ def train_classifier(
                 opt.step()
             epochs = epoch
             sel_logits = _logits(model, x_sel)
-            sel_loss = float(loss_fn(sel_logits, y_sel))
-            if sel_loss < best_loss - config.min_delta:
-                best_loss, best_epoch, best_state = sel_loss, epoch, copy.deepcopy(model.state_dict())
-            elif epoch - best_epoch >= config.patience:
+            correct = (sel_logits > 0) == (y_sel > 0.5)
+            if config.selection == "accuracy":
+                score, margin = float(correct.double().mean()), 0.0
+            else:
+                loss = float(loss_fn(sel_logits, y_sel))
+                score, margin = (-loss if math.isfinite(loss) else -math.inf), config.min_delta
+            if score > best_score + margin:
+                best_score, best_epoch, best_state = score, epoch, copy.deepcopy(model.state_dict())
+            elif config.patience is not None and epoch - best_epoch >= config.patience:
                 break
-            if bool(torch.all((sel_logits > 0) == (y_sel > 0.5))):
+            if bool(torch.all(correct)):
                 break  # perfectly separated (CaloChallenge stops here too): more epochs change nothing
             if (
                 config.max_train_seconds is not None
@@ -285,16 +346,19 @@ def train_classifier(
             ):
                 break
         model.load_state_dict(best_state)
-        raw_sel = _logits(model, x_sel).double().numpy()
-        raw_eval = _logits(model, x_eval).double().numpy()
+        raw_sel = finite_logits(_logits(model, x_sel).double().numpy())
+        raw_eval = finite_logits(_logits(model, x_eval).double().numpy())
     y_sel_np = y_sel.numpy().astype(np.float64)
     y_eval_np = y_eval.numpy().astype(np.float64)
     p_cal = np.clip(calibrate(raw_sel, y_sel_np, raw_eval, method=config.calibration), 1e-6, 1.0 - 1e-6)
+    p_cal = np.where(np.isfinite(p_cal), p_cal, 0.5)
     bce = float(-np.mean(y_eval_np * np.log(p_cal) + (1.0 - y_eval_np) * np.log(1.0 - p_cal)))
-    fpr, tpr, _ = roc_curve(y_eval_np, raw_eval)
+    score_for_auc = p_cal if config.auc_from == "calibrated" else raw_eval
+    fpr, tpr, _ = roc_curve(y_eval_np, score_for_auc)
     keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 400)).astype(int))
+    n_pos = int(y_eval_np.sum())
     return ClassifierResult(
-        auc=float(roc_auc_score(y_eval_np, raw_eval)),
+        auc=float(roc_auc_score(y_eval_np, score_for_auc)),
         auc_calibrated=float(roc_auc_score(y_eval_np, p_cal)),
         jsd=float((math.log(2.0) - bce) / math.log(2.0)),
         accuracy=float(np.mean((p_cal > 0.5) == (y_eval_np > 0.5))),
@@ -306,4 +370,6 @@ def train_classifier(
         seconds=time.perf_counter() - start,
         roc_fpr=fpr[keep],
         roc_tpr=tpr[keep],
+        auc_null_sd=auc_null(n_pos, len(y_eval_np) - n_pos)[1],
+        recipe=recipe,
     )

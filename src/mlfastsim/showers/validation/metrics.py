@@ -3,8 +3,10 @@
 * **Separation power** (CaloChallenge, eq. 15 of arXiv:2009.03796, "triangular discrimination"):
   ``S = 1/2 sum_i (h1_i - h2_i)^2 / (h1_i + h2_i)`` on histograms normalised to unit sum, with one
   binning for both taken from the reference.  0 for identical histograms, 1 for disjoint ones.
-* **Wasserstein-1** per observable (:func:`scipy.stats.wasserstein_distance`), in the observable's unit
-  and divided by the reference standard deviation, so numbers of different observables compare.
+* **Wasserstein-1** per observable (:func:`scipy.stats.wasserstein_distance`), in the observable's unit.
+  ``wasserstein_norm`` divides it by the *larger* of the two samples' standard deviations (a floored
+  denominator: a nearly empty reference layer with almost no spread no longer gives 1e8), and is None
+  only when both samples are constant.
 * **FPD** (Fréchet physics distance, Kansal et al., arXiv:2211.10295): the Fréchet distance between
   Gaussians fitted to the standardised high-level features, extrapolated to infinite sample size as
   JetNet does (the finite-sample estimator is biased upwards by ~ d/N).
@@ -21,11 +23,30 @@ floor stays at ``bias_budget`` (0.0025 by default), between 10 and 100 bins, and
 next to every value.  The bins are reference quantiles (equal-probability bins), with an underflow and an
 overflow bin, so the binning does not depend on the observable's scale (log-like energies and linear
 positions alike) and candidate values outside the reference range still count.
+
+Grades against the statistical floor.  A distance between two finite samples of the *same*
+distribution is not 0; what matters is whether the measured value stands out of that noise.  Every graded
+metric therefore carries a floor (its expected value for two samples of one distribution with these
+sizes) and the spread of that floor, and :func:`grade_excess` grades the excess
+``z = (value - floor) / spread``: pass up to 3 (consistent with no difference at this sample size), warn
+up to 10, fail above.  The floors come from
+
+* the chi-square null for separation powers of per-shower histograms (analytic, :func:`separation_power_null`);
+* the Mann-Whitney null for classifier AUCs (0.5 with spread ``sqrt((n1 + n2 + 1) / (12 n1 n2))``);
+* 0 with the bootstrap error for FPD and KPD (unbiased estimators of a distance that is 0 for equal
+  distributions, so they scatter around 0 and can come out *negative*: a negative value means "no
+  difference found", and is graded pass);
+* splitting the *reference* into random halves, ``n_splits`` times (:func:`reference_split_floor`), for
+  Wasserstein-1 distances and for the separation power of mean profiles and spectra, scaled to the sizes
+  compared.
+
+A metric with no floor (the classifier JSD) is not graded, and the report says so.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -54,6 +75,17 @@ def default_n_bins(
 def separation_power_floor(n_bins: int, n_reference: int, n_candidate: int) -> float:
     """Expected separation power of two finite samples of the same distribution (see module docstring)."""
     return (n_bins - 1) / 4.0 * (1.0 / max(n_reference, 1) + 1.0 / max(n_candidate, 1))
+
+
+def separation_power_null(n_bins: int, n_reference: int, n_candidate: int) -> tuple[float, float]:
+    """Mean and standard deviation of the separation power of two same-distribution samples.
+
+    With c = (1/N1 + 1/N2)/4, S is approximately c times a chi-square with B - 1 degrees of freedom, so
+    its mean is c (B - 1) (:func:`separation_power_floor`) and its spread c sqrt(2 (B - 1)).
+    """
+    c = 0.25 * (1.0 / max(n_reference, 1) + 1.0 / max(n_candidate, 1))
+    dof = max(n_bins - 1, 1)
+    return c * dof, c * math.sqrt(2.0 * dof)
 
 
 def reference_edges(reference: np.ndarray, n_bins: int) -> np.ndarray:
@@ -101,18 +133,25 @@ def wasserstein(
     ref_weights: np.ndarray | None = None,
     cand_weights: np.ndarray | None = None,
 ) -> tuple[float, float | None]:
-    """Wasserstein-1 distance and the same divided by the reference standard deviation.
+    """Wasserstein-1 distance and the same divided by the larger of the two samples' standard deviations.
 
-    The normalised value is None when the reference has no spread (it would be 0/0 or x/0).
+    The larger spread, not the reference's alone: a reference that is nearly constant (a layer the
+    showers almost never reach) made W1 / std_ref reach 1e8 from a denominator of ~0.  The normalised
+    value is None only when both samples are constant.
     """
     w = float(wasserstein_distance(reference, candidate, u_weights=ref_weights, v_weights=cand_weights))
-    ref = np.asarray(reference, dtype=np.float64)
-    if ref_weights is None:
-        std = float(ref.std())
-    else:
-        wts = np.asarray(ref_weights, dtype=np.float64)
-        mean = float(np.average(ref, weights=wts))
-        std = math.sqrt(float(np.average((ref - mean) ** 2, weights=wts)))
+
+    def spread(x: np.ndarray, weights: np.ndarray | None) -> float:
+        arr = np.asarray(x, dtype=np.float64)
+        if weights is None:
+            return float(arr.std()) if arr.size else 0.0
+        wts = np.asarray(weights, dtype=np.float64)
+        if not np.sum(wts) > 0:
+            return 0.0
+        mean = float(np.average(arr, weights=wts))
+        return math.sqrt(float(np.average((arr - mean) ** 2, weights=wts)))
+
+    std = max(spread(reference, ref_weights), spread(candidate, cand_weights))
     return w, (w / std if std > 0 else None)
 
 
@@ -126,9 +165,14 @@ def compare_samples(
     edges = reference_edges(ref, bins)
     sp = separation_power(binned_counts(ref, edges), binned_counts(cand, edges))
     w, w_norm = wasserstein(ref, cand)
+    floor, floor_sd = separation_power_null(edges.size - 1, ref.size, cand.size)
+    # the under- and overflow bins: a candidate value beyond the reference's extremes (probability
+    # ~1/(N_ref + 1) per side) lands where the reference has nothing and adds 1/(2 N_cand) each
+    floor += 1.0 / (ref.size + 1)
     return {
         "separation_power": sp,
-        "separation_power_floor": separation_power_floor(edges.size - 1, ref.size, cand.size),
+        "separation_power_floor": floor,
+        "separation_power_floor_sd": floor_sd,
         "n_bins": int(edges.size - 1),
         "wasserstein": w,
         "wasserstein_norm": w_norm,
@@ -180,6 +224,56 @@ def compare_histograms(
     }
 
 
+def reference_split_floor(
+    reference: np.ndarray,
+    statistic: Callable[[np.ndarray, np.ndarray], float],
+    n_candidate: int,
+    *,
+    n_splits: int = 5,
+    seed: int = 0,
+    power: float = 0.5,
+    showers_per_row: float = 1.0,
+) -> tuple[float, float]:
+    """Same-vs-same floor of a distance, measured by splitting the reference into random halves.
+
+    ``statistic(a, b)`` is evaluated on ``n_splits`` random half/half splits of the rows of
+    ``reference`` and rescaled from the halves' sizes to the sizes compared (N_ref vs ``n_candidate``)
+    with ``((1/N_ref + 1/N_cand) / (1/n_a + 1/n_b)) ** power``: ``power`` 0.5 for a Wasserstein
+    distance (noise ~ 1/sqrt(N)), 1 for a separation power (~ 1/N).  Returns the mean and the standard
+    deviation of the rescaled values (the spread is 0 with a single split).  A half-sized sample is the
+    best stand-in for "another sample of the reference distribution" that the inputs allow; the
+    rescaling assumes the usual large-N scaling.  ``showers_per_row`` > 1 when each row aggregates
+    several showers (per-group cell spectra), so the sizes are counted in showers.
+    """
+    ref = np.asarray(reference)
+    n = len(ref)
+    if n < 4:
+        return 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    n_a = n // 2
+    w = float(showers_per_row)
+    scale = ((1.0 / (w * n) + 1.0 / max(n_candidate, 1)) / (1.0 / (w * n_a) + 1.0 / (w * (n - n_a)))) ** power
+    values = []
+    for _ in range(max(n_splits, 1)):
+        perm = rng.permutation(n)
+        values.append(scale * float(statistic(ref[perm[:n_a]], ref[perm[n_a:]])))
+    arr = np.asarray(values)
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def excess(value: float | None, floor: float | None, floor_sd: float | None) -> float | None:
+    """``(value - floor) / floor_sd``: how many same-vs-same standard deviations a distance stands out.
+
+    None when there is no value or no floor, or the floor has no spread (a constant reference: the
+    value is then still shown, in its unit, but not graded).
+    """
+    if value is None or floor is None or floor_sd is None or not np.isfinite(value):
+        return None
+    if not floor_sd > 0:
+        return None
+    return float((value - floor) / floor_sd)
+
+
 # ------------------------------------------------------------------------------------- FPD and KPD
 def standardise(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Scale both feature sets with the reference mean and standard deviation.
@@ -228,13 +322,17 @@ def fpd(
     min_fraction: float = 0.4,
     seed: int = 0,
     normalise: bool = True,
+    n_bootstrap: int = 20,
 ) -> dict[str, Any]:
     """Fréchet physics distance with JetNet's extrapolation to infinite sample size.
 
     The Fréchet distance is evaluated on random subsets of ``n_points`` sizes from ``min_fraction`` of
     the smaller sample up to all of it (``n_batches`` subsets each), and ``FD(N) = FPD + k/N`` is fitted;
     the intercept and its standard error are returned as ``value`` and ``error``.  ``raw`` is the
-    distance of the full samples (biased upwards by finite statistics).
+    distance of the full samples (biased upwards by finite statistics).  The subsets are random, so
+    the error comes from real resampling; with fewer showers than the extrapolation needs, ``value`` is
+    ``raw`` and ``error`` a bootstrap standard deviation (``method`` says which).  The extrapolated
+    value can be slightly negative for equal distributions: it estimates 0 with noise.
     """
     ref, cand = (
         standardise(reference, candidate) if normalise else (np.asarray(reference), np.asarray(candidate))
@@ -255,7 +353,17 @@ def fpd(
             ys.append(frechet_distance(*_gaussian(a), *_gaussian(b)))
     x, y = np.asarray(xs), np.asarray(ys)
     if np.unique(x).size < 2:
-        return {"value": raw, "error": 0.0, "raw": raw, "n_features": int(ref.shape[1])}
+        # too few showers for the 1/N extrapolation (the smallest subset must exceed the feature count):
+        # report the full-sample distance, biased upwards, with a bootstrap error (resampling showers
+        # with replacement), never the error of 0 that one identical evaluation would give
+        boot = [
+            frechet_distance(*_gaussian(ref[rng.integers(0, len(ref), len(ref))]),
+                             *_gaussian(cand[rng.integers(0, len(cand), len(cand))]))
+            for _ in range(n_bootstrap)
+        ]
+        return {"value": raw, "error": float(np.std(boot, ddof=1)), "raw": raw, "n_features": int(ref.shape[1]),
+                "method": f"full-sample distance (no extrapolation: under {ref.shape[1] + 2} showers), "
+                          f"bootstrap error over {n_bootstrap} resamples"}
     design = np.stack([np.ones_like(x), x], axis=1)
     coef, *_ = np.linalg.lstsq(design, y, rcond=None)
     resid = y - design @ coef
@@ -266,6 +374,7 @@ def fpd(
         "error": float(math.sqrt(max(cov[0, 0], 0.0))),
         "raw": raw,
         "n_features": int(ref.shape[1]),
+        "method": f"1/N extrapolation over random subsets of {int(sizes[0])}..{int(sizes[-1])} showers",
     }
 
 
@@ -276,15 +385,32 @@ def _poly_kernel(a: np.ndarray, b: np.ndarray, degree: int) -> np.ndarray:
     return k**degree
 
 
-def mmd_poly_unbiased(a: np.ndarray, b: np.ndarray, *, degree: int = 4) -> float:
-    """Unbiased MMD² estimate (diagonal terms removed) with the polynomial kernel."""
-    m, n = len(a), len(b)
-    kaa = _poly_kernel(a, a, degree)
-    kbb = _poly_kernel(b, b, degree)
-    kab = _poly_kernel(a, b, degree)
-    term_a = (kaa.sum() - np.trace(kaa)) / (m * (m - 1))
-    term_b = (kbb.sum() - np.trace(kbb)) / (n * (n - 1))
-    return float(term_a + term_b - 2.0 * kab.mean())
+def mmd_poly_unbiased(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    degree: int = 4,
+    ids_a: np.ndarray | None = None,
+    ids_b: np.ndarray | None = None,
+) -> float:
+    """Unbiased MMD² estimate with the polynomial kernel: pairs of a shower with itself are left out.
+
+    Without ``ids`` those are the diagonal terms.  A bootstrap batch (drawn with replacement) holds some
+    showers twice: ``ids_a`` / ``ids_b`` name the source shower of each row, and every pair of rows from
+    the same source shower is left out too, so a repeated shower does not add k(x, x) to the
+    off-diagonal sums (which biased JetNet-style resampled estimates upwards on small samples).
+    """
+
+    def within(x: np.ndarray, ids: np.ndarray | None) -> float:
+        k = _poly_kernel(x, x, degree)
+        if ids is None:
+            m = len(x)
+            return float((k.sum() - np.trace(k)) / (m * (m - 1)))
+        distinct = ids[:, None] != ids[None, :]
+        n_pairs = int(distinct.sum())
+        return float(np.sum(k, where=distinct) / n_pairs) if n_pairs else 0.0
+
+    return float(within(a, ids_a) + within(b, ids_b) - 2.0 * _poly_kernel(a, b, degree).mean())
 
 
 def kpd(
@@ -298,13 +424,15 @@ def kpd(
     normalise: bool = True,
     clip: float | None = 5.0,
 ) -> dict[str, Any]:
-    """Kernel physics distance over ``n_batches`` random batches of ``batch_size`` showers per sample.
+    """Kernel physics distance over ``n_batches`` bootstrap batches of ``batch_size`` showers per sample.
 
     ``value`` and ``error`` are the median and half the 16-84 % interval of the batch estimates (JetNet's
     report); ``mean`` and ``std`` are given too.  An unbiased estimator: it scatters around 0 for
-    identical distributions.  Each batch is drawn *without* replacement (JetNet draws with replacement,
-    harmless for its 50k-jet samples; with a few thousand showers the repeated showers inside a batch put
-    k(x, x) terms into the off-diagonal sums and bias the estimate upwards).
+    identical distributions, so small negative values are expected there and mean "no difference".
+    Batches are drawn *with* replacement, as JetNet does, so they differ even when the batch size equals
+    the sample size (drawn without replacement they were all the same sample, and the error came out as
+    exactly 0); pairs of a repeated shower with itself are left out of the kernel sums
+    (:func:`mmd_poly_unbiased`), which removes the upward bias resampling otherwise gives small samples.
 
     Standardised features are clipped to ``±clip`` standard deviations before the kernel: a degree-4
     polynomial kernel raises a single 25-sigma value (common in sparse layers' positions) to the 4th power,
@@ -319,16 +447,11 @@ def kpd(
         ref, cand = np.clip(ref, -clip, clip), np.clip(cand, -clip, clip)
     size = int(min(batch_size, len(ref), len(cand)))
     rng = np.random.default_rng(seed)
-    vals = np.array(
-        [
-            mmd_poly_unbiased(
-                ref[rng.choice(len(ref), size=size, replace=False)],
-                cand[rng.choice(len(cand), size=size, replace=False)],
-                degree=degree,
-            )
-            for _ in range(n_batches)
-        ]
-    )
+    vals = np.empty(n_batches)
+    for i in range(n_batches):
+        ia = rng.integers(0, len(ref), size)
+        ib = rng.integers(0, len(cand), size)
+        vals[i] = mmd_poly_unbiased(ref[ia], cand[ib], degree=degree, ids_a=ia, ids_b=ib)
     lo, hi = np.percentile(vals, [16.275, 83.725])
     return {
         "value": float(np.median(vals)),
@@ -341,28 +464,43 @@ def kpd(
 
 
 # ------------------------------------------------------------------------------------------ grades
-# (pass at or below, warn at or below; above is fail).  Separation-power and AUC limits follow what the
-# CaloChallenge community reads as "indistinguishable" / "close"; FPD and KPD are graded on their
-# statistical significance (value over error) since their scale depends on the number of features.
-GRADE_LIMITS: dict[str, tuple[float, float]] = {
-    "separation_power": (0.01, 0.05),
-    "wasserstein_norm": (0.05, 0.2),
-    "auc": (0.6, 0.75),
-    "jsd": (0.05, 0.2),
-    "significance": (3.0, 10.0),
-}
+# Excess over the same-vs-same floor, in units of the floor's spread: pass at or below the first, warn at
+# or below the second, fail above (module docstring).
+EXCESS_LIMITS: tuple[float, float] = (3.0, 10.0)
 
 
-def grade(kind: str, value: float | None, error: float | None = None) -> str:
-    """'pass', 'warn' or 'fail' for a metric value (``kind`` is a key of :data:`GRADE_LIMITS`, or fpd/kpd)."""
+def grade_excess(z: float | None) -> str:
+    """'pass', 'warn', 'fail' for an excess over the statistical floor (:func:`excess`), 'n/a' without one."""
+    if z is None or not np.isfinite(z):
+        return "n/a"
+    ok, warn = EXCESS_LIMITS
+    if z <= ok:
+        return "pass"
+    return "warn" if z <= warn else "fail"
+
+
+def auc_null(n_positive: int, n_negative: int) -> tuple[float, float]:
+    """Mean and spread of the ROC AUC of a classifier that cannot tell the classes apart (Mann-Whitney)."""
+    n1, n2 = max(n_positive, 1), max(n_negative, 1)
+    return 0.5, math.sqrt((n1 + n2 + 1) / (12.0 * n1 * n2))
+
+
+def grade(
+    kind: str,
+    value: float | None,
+    error: float | None = None,
+    *,
+    floor: float | None = None,
+    floor_sd: float | None = None,
+) -> str:
+    """'pass' / 'warn' / 'fail' / 'n/a' for one metric, always relative to its statistical floor.
+
+    ``fpd`` and ``kpd``: the significance ``value / error`` (their floor is 0).  Anything else (separation
+    power, Wasserstein-1, AUC): :func:`excess` of ``value`` over ``floor`` in units of ``floor_sd``.  No
+    floor, no grade ('n/a'): the classifier JSD, for one, has none.
+    """
     if value is None or not np.isfinite(value):
         return "n/a"
     if kind in ("fpd", "kpd"):
-        if error is None or error <= 0:
-            return "pass" if value <= 0 else "warn"
-        value = value / error
-        kind = "significance"
-    ok, warn = GRADE_LIMITS[kind]
-    if value <= ok:
-        return "pass"
-    return "warn" if value <= warn else "fail"
+        return grade_excess(value / error if error is not None and error > 0 else None)
+    return grade_excess(excess(value, floor, floor_sd))

@@ -13,29 +13,44 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.table import Table
 
-from mlfastsim.core.errors import DataError
+from mlfastsim.core.errors import ConfigError, DataError
 from mlfastsim.core.io import atomic_write_json, ensure_writable_dir
 from mlfastsim.core.progress import progress_bar
 from mlfastsim.core.tracking import Tracker
 from mlfastsim.showers.io.formats import ShowerData, same_mesh
 from mlfastsim.showers.validation import plots
+from mlfastsim.showers.validation.calochallenge import (
+    CC_THRESHOLD_MEV,
+    OFFICIAL_CLASSIFIER,
+    compare_calochallenge,
+    official_high_level_inputs,
+    official_low_level_inputs,
+)
 from mlfastsim.showers.validation.classifier import ClassifierConfig, low_level_inputs, train_classifier
 from mlfastsim.showers.validation.metrics import (
+    EXCESS_LIMITS,
     compare_histograms,
     compare_profiles,
     compare_samples,
     default_n_bins,
+    excess,
     fpd,
     grade,
     kpd,
+    reference_split_floor,
+    separation_power,
+    wasserstein,
 )
 from mlfastsim.showers.validation.observables import (
+    CELL_ENERGY_MIN_MEV,
+    OBSERVABLE_INFO,
     PER_LAYER,
     SCALARS,
     apply_threshold,
@@ -108,6 +123,10 @@ def _stage(timings: dict[str, float], name: str, bar: Any) -> Iterator[None]:
     bar.advance(1)
 
 
+def _w1_floor(ref: np.ndarray, n_cand: int, seed: int, n_splits: int) -> tuple[float, float]:
+    return reference_split_floor(ref, lambda a, b: wasserstein(a, b)[0], n_cand, n_splits=n_splits, seed=seed)
+
+
 def compare_all(
     obs_ref: Mapping[str, np.ndarray],
     obs_cand: Mapping[str, np.ndarray],
@@ -116,20 +135,40 @@ def compare_all(
     *,
     cell_bins: int = 50,
     cell_threshold_mev: float | None = None,
+    seed: int = 0,
+    n_splits: int = 5,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
-    """Separation power and Wasserstein-1 of every observable; also returns the cell-spectrum histograms."""
+    """Separation power and Wasserstein-1 of every observable, each with its same-vs-same floor.
+
+    Separation powers of per-shower observables get the analytic chi-square floor; Wasserstein-1
+    distances, mean profiles and the cell spectrum get a floor measured on ``n_splits`` random halves of
+    the reference (:func:`~mlfastsim.showers.validation.metrics.reference_split_floor`).  Also returns the
+    cell-spectrum histograms.
+    """
     mesh = reference.mesh
     n_ref, n_cand = len(obs_ref["e_total"]), len(obs_cand["e_total"])
     n_bins = default_n_bins(n_ref, n_cand)
     out: dict[str, dict[str, Any]] = {}
+
+    def per_shower(ref: np.ndarray, cand: np.ndarray) -> dict[str, Any]:
+        m = compare_samples(ref, cand, n_bins=n_bins)
+        m["wasserstein_floor"], m["wasserstein_floor_sd"] = _w1_floor(ref, cand.size, seed, n_splits)
+        return m
+
     for key in SCALARS:
-        out[key] = compare_samples(obs_ref[key], obs_cand[key], n_bins=n_bins)
-    out["longitudinal_profile"] = compare_profiles(
-        mesh.z_centres, obs_ref["energy_per_layer"].mean(axis=0), obs_cand["energy_per_layer"].mean(axis=0)
-    )
-    out["lateral_profile"] = compare_profiles(
-        mesh.r_centres, obs_ref["energy_per_r_bin"].mean(axis=0), obs_cand["energy_per_r_bin"].mean(axis=0)
-    )
+        out[key] = per_shower(obs_ref[key], obs_cand[key])
+        out[key]["unit_wasserstein"] = OBSERVABLE_INFO[key].unit if key in OBSERVABLE_INFO else ""
+    for name, positions, key in (("longitudinal_profile", mesh.z_centres, "energy_per_layer"),
+                                 ("lateral_profile", mesh.r_centres, "energy_per_r_bin")):
+        out[name] = compare_profiles(positions, obs_ref[key].mean(axis=0), obs_cand[key].mean(axis=0))
+        out[name]["separation_power_floor"], out[name]["separation_power_floor_sd"] = reference_split_floor(
+            obs_ref[key], lambda a, b: separation_power(a.mean(axis=0), b.mean(axis=0)), n_cand,
+            n_splits=n_splits, seed=seed, power=1.0)
+        out[name]["wasserstein_floor"], out[name]["wasserstein_floor_sd"] = reference_split_floor(
+            obs_ref[key], lambda a, b, x=positions: wasserstein(x, x, ref_weights=a.mean(axis=0),
+                                                                cand_weights=b.mean(axis=0))[0],
+            n_cand, n_splits=n_splits, seed=seed)
+        out[name]["unit_wasserstein"] = "mm"
     edges = (cell_energy_edges(reference, n_bins=cell_bins) if not cell_threshold_mev
              else cell_energy_edges(reference, n_bins=cell_bins, e_min_mev=cell_threshold_mev))
     counts_ref = cell_energy_histogram(reference, edges)
@@ -141,16 +180,135 @@ def compare_all(
     )
     out["cell_energy"] = compare_histograms(centres, counts_ref, counts_cand)
     out["cell_energy"]["unit_wasserstein"] = "decades of cell energy"
+    # floor: the spectra of random halves of the reference showers (cells of one shower stay together)
+    groups = _group_histograms(reference, edges, seed=seed)
+    out["cell_energy"]["separation_power_floor"], out["cell_energy"]["separation_power_floor_sd"] = (
+        reference_split_floor(groups, lambda a, b: separation_power(a.sum(axis=0), b.sum(axis=0)), n_cand,
+                              n_splits=n_splits, seed=seed, power=1.0, showers_per_row=n_ref / _N_GROUPS))
+    out["cell_energy"]["wasserstein_floor"], out["cell_energy"]["wasserstein_floor_sd"] = reference_split_floor(
+        groups, lambda a, b: wasserstein(centres, centres, ref_weights=a.sum(axis=0), cand_weights=b.sum(axis=0))[0],
+        n_cand, n_splits=n_splits, seed=seed, showers_per_row=n_ref / _N_GROUPS)
     for key in PER_LAYER:
+        unit = OBSERVABLE_INFO[key].unit
         for layer in range(mesh.n_z):
-            out[layer_name(key, layer)] = compare_samples(
-                obs_ref[key][:, layer], obs_cand[key][:, layer], n_bins=n_bins
-            )
+            name = layer_name(key, layer)
+            out[name] = per_shower(obs_ref[key][:, layer], obs_cand[key][:, layer])
+            out[name]["unit_wasserstein"] = unit
     return out, {"edges": edges, "counts_reference": counts_ref, "counts_candidate": counts_cand}
+
+
+_N_GROUPS = 16
+
+
+def _group_histograms(data: ShowerData, edges: np.ndarray, *, seed: int) -> np.ndarray:
+    """Cell-spectrum counts of :data:`_N_GROUPS` random groups of showers, shape (groups, bins + 2)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(len(data)) % _N_GROUPS)
+    return np.stack([cell_energy_histogram(data.subset(labels == g), edges) if np.any(labels == g)
+                     else np.zeros(edges.size + 1, dtype=np.int64) for g in range(_N_GROUPS)])
 
 
 def _closest_shower(data: ShowerData, energy: float) -> int:
     return int(np.argmin(np.abs(np.log(data.energies.astype(np.float64)) - np.log(energy))))
+
+
+# ------------------------------------------------------------------------------ readout threshold
+def default_threshold(reference: ShowerData, candidate: ShowerData) -> tuple[float, str]:
+    """The readout threshold the geometry defines (MeV) and where it comes from.
+
+    Cylindrical meshes (CaloChallenge datasets 2/3, the Par04 mesh and any binning XML) use the
+    challenge's 0.5 keV visible / 0.033 sampling fraction = 15.15 keV on the incident-particle scale;
+    hadron grids the calorimeter's threshold (0.5 MIP) from the file's metadata.  Anything else: 0, and
+    the reason says so.
+    """
+    from mlfastsim.showers.geometry import CylindricalMesh
+
+    if isinstance(reference.mesh, CylindricalMesh):
+        return CELL_ENERGY_MIN_MEV, "CaloChallenge datasets 2/3 readout (0.5 keV / 0.033)"
+    for data in (reference, candidate):
+        calo = data.meta.get("calorimeter")
+        if isinstance(calo, Mapping):
+            value = calo.get("threshold_mev", (calo.get("derived") or {}).get("threshold_mev"))
+            if isinstance(value, int | float) and value >= 0:
+                return float(value), f"calorimeter threshold from the file's metadata ({calo.get('name', 'hadron')})"
+    return 0.0, "none: the files name no calorimeter threshold (pass --threshold-mev)"
+
+
+# ------------------------------------------------------------------------------------- conditions
+def _point_labels(data: ShowerData, energy_edges: np.ndarray | None, angle_edges: np.ndarray | None) -> np.ndarray:
+    """One label per shower: its (energy, angle) point, or its cell on the given bin edges."""
+    e = np.asarray(data.energies, dtype=np.float64)
+    a = np.asarray(data.angles, dtype=np.float64) if data.angles is not None else np.full(e.size, 90.0)
+    ke = np.round(e, 3) if energy_edges is None else np.searchsorted(energy_edges, e, side="right")
+    ka = np.round(a, 2) if angle_edges is None else np.searchsorted(angle_edges, a, side="right")
+    return np.array([f"{x}|{y}" for x, y in zip(ke, ka, strict=True)])
+
+
+def match_conditions(
+    reference: ShowerData, candidate: ShowerData, *, seed: int = 0, max_points: int = 64, n_energy_bins: int = 10,
+    n_angle_bins: int = 4,
+) -> tuple[ShowerData, ShowerData, dict[str, Any]]:
+    """Subsample both samples so each (energy, angle) point holds as many reference as candidate showers.
+
+    Samples simulated at a few fixed points (up to ``max_points`` distinct ones) are matched point by
+    point; continuous conditions by cells of the reference's log-energy quantiles x angle quantiles.
+    Points present in only one sample are dropped.  Returns the two subsets and a summary of what was kept.
+    """
+    rng = np.random.default_rng(seed)
+    points = {f"{x}|{y}" for x, y in zip(np.round(reference.energies, 3),
+                                         np.round(reference.angles if reference.angles is not None
+                                                  else np.full(len(reference), 90.0), 2), strict=True)}
+    if len(points) <= max_points:
+        e_edges = a_edges = None
+        how = "per (energy, angle) point"
+    else:
+        e_edges = np.unique(np.quantile(np.log(reference.energies.astype(np.float64)),
+                                        np.linspace(0, 1, n_energy_bins + 1))[1:-1])
+        e_edges = np.exp(e_edges)
+        a_ref = reference.angles if reference.angles is not None else np.full(len(reference), 90.0)
+        a_edges = np.unique(np.quantile(a_ref.astype(np.float64), np.linspace(0, 1, n_angle_bins + 1))[1:-1])
+        how = f"per cell of {e_edges.size + 1} energy x {a_edges.size + 1} angle quantile bins"
+    lab_r = _point_labels(reference, e_edges, a_edges)
+    lab_c = _point_labels(candidate, e_edges, a_edges)
+    keep_r, keep_c = [], []
+    for label in np.intersect1d(np.unique(lab_r), np.unique(lab_c)):
+        ir, ic = np.flatnonzero(lab_r == label), np.flatnonzero(lab_c == label)
+        m = min(ir.size, ic.size)
+        keep_r.append(rng.choice(ir, m, replace=False))
+        keep_c.append(rng.choice(ic, m, replace=False))
+    idx_r = np.sort(np.concatenate(keep_r)) if keep_r else np.zeros(0, dtype=int)
+    idx_c = np.sort(np.concatenate(keep_c)) if keep_c else np.zeros(0, dtype=int)
+    summary = {"how": how, "kept_reference": int(idx_r.size), "kept_candidate": int(idx_c.size),
+               "of_reference": len(reference), "of_candidate": len(candidate),
+               "points_shared": len(keep_r)}
+    return reference.subset(idx_r), candidate.subset(idx_c), summary
+
+
+def _condition_warnings(conditions: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """A warning per condition (incident energy, angle) whose two distributions differ beyond the floor."""
+    out = []
+    for name, m in conditions.items():
+        z = excess(m.get("separation_power"), m.get("separation_power_floor"), m.get("separation_power_floor_sd"))
+        if z is not None and z > EXCESS_LIMITS[1]:
+            what = "incident energies" if name == "e_inc" else "incidence angles"
+            out.append(
+                f"the two samples' {what} are distributed differently (separation power "
+                f"{m['separation_power']:.3g}, statistical floor {m['separation_power_floor']:.2g}): "
+                "energy- and angle-dependent observables then differ whatever the model does; generate the "
+                "candidate at the reference's conditions or pass --match-conditions")
+    return out
+
+
+# ----------------------------------------------------------------------------------- unavailable
+def _unavailable(what: str, exc: BaseException) -> dict[str, Any]:
+    """The record of a metric that could not be computed (the rest of the validation goes on)."""
+    reason = f"{type(exc).__name__}: {exc}".strip()
+    logger.warning("%s unavailable: %s", what, reason)
+    return {"available": False, "reason": reason}
+
+
+CLASSIFIER_RECIPES = ("fast", "calochallenge")
+BINNING_MODES = ("adaptive", "calochallenge")
 
 
 def run_validation(
@@ -158,7 +316,7 @@ def run_validation(
     candidate: ShowerData,
     outdir: str | Path,
     *,
-    classifier: bool = True,
+    classifier: bool | str = True,
     tracker: Tracker | None = None,
     seed: int = 0,
     labels: tuple[str, str] = ("reference", "candidate"),
@@ -166,30 +324,70 @@ def run_validation(
     exclude_empty: bool = False,
     classifier_config: ClassifierConfig | None = None,
     threshold_mev: float | None = None,
+    binning_mode: str = "adaptive",
+    match: bool = False,
 ) -> dict[str, Any]:
     """Compare ``candidate`` with ``reference``; write metrics.json, PNGs and report.html into ``outdir``.
 
     Returns the metrics dict (also written as ``metrics.json``)::
 
-        {"observables": {name: {"separation_power", "separation_power_floor", "wasserstein",
+        {"observables": {name: {"separation_power", "separation_power_floor", "separation_power_floor_sd",
+                                "wasserstein", "wasserstein_floor", "wasserstein_floor_sd",
                                 "wasserstein_norm", "n_bins", "kind"}},
-         "conditions": {"e_inc": {...}},            # are the two samples conditioned alike?
-         "classifier": {"low_level": {"auc", "auc_calibrated", "jsd", ...}, "high_level": {...}},
-         "fpd": {"value", "error", "raw", ...}, "kpd": {"value", "error", "mean", "std", ...},
+         "observables_calochallenge": {name: {...}},   # --binning-mode calochallenge only
+         "conditions": {"e_inc": {...}, "angle": {...}}, "warnings": [...],
+         "classifier": {"low_level": {"auc", "auc_floor_sd", "jsd", ...} or {"available": False, "reason"}},
+         "fpd": {"value", "error", "raw", "method"}, "kpd": {"value", "error", "mean", "std", ...},
+         "threshold_mev", "threshold_source", "binning_mode", "classifier_recipe",
          "n_reference", "n_candidate", "n_excluded_empty", "labels", "inputs", "geometry",
          "figures", "timing_s", "seed"}
 
+    ``threshold_mev`` zeroes cells below it in both samples first (a readout threshold) and starts the
+    cell spectrum there; None takes the geometry's own (:func:`default_threshold`: 15.15 keV on
+    CaloChallenge meshes, the calorimeter's 0.5 MIP on hadron grids), 0 turns it off.  ``classifier``:
+    True or ``"fast"`` (our quick recipe), ``"calochallenge"`` (the official network and inputs), False
+    (none).  ``binning_mode="calochallenge"`` adds every CaloChallenge histogram binned exactly as the
+    official code bins it (:mod:`~mlfastsim.showers.validation.calochallenge`).  ``match`` subsamples both
+    samples to the same (energy, angle) points first (:func:`match_conditions`).
+
     Showers with no energy make moments undefined: they raise a :class:`DataError` naming the count,
-    unless ``exclude_empty`` drops them from both samples (the counts are recorded).  ``threshold_mev``
-    zeroes cells below it in both samples first (a readout threshold) and starts the cell spectrum there.
+    unless ``exclude_empty`` drops them from both samples (the counts are recorded).  A metric that
+    cannot be computed (a classifier on too few showers, say) is recorded as unavailable with the
+    reason; the report and metrics.json are still written.
     """
+    from mlfastsim.showers.geometry import CylindricalMesh
+
     labels = (str(labels[0]), str(labels[1]))
+    recipe = {True: "fast", False: None}.get(classifier, classifier) if isinstance(classifier, bool) else classifier
+    if recipe is not None and recipe not in CLASSIFIER_RECIPES:
+        raise ConfigError(f"unknown classifier {recipe!r}", field="--classifier",
+                          fix=f"use one of {', '.join(CLASSIFIER_RECIPES)} (or --no-classifier)")
+    if binning_mode not in BINNING_MODES:
+        raise ConfigError(f"unknown binning mode {binning_mode!r}", field="--binning-mode",
+                          fix=f"use one of {', '.join(BINNING_MODES)}")
     check_same_mesh(reference, candidate, labels)
-    if threshold_mev:
+    needs_cc = binning_mode == "calochallenge" or recipe == "calochallenge"
+    if needs_cc and not isinstance(reference.mesh, CylindricalMesh):
+        raise ConfigError(
+            f"CaloChallenge binning and classifier are defined for its cylindrical datasets 2/3, "
+            f"not for {reference.mesh.describe()}",
+            field="--binning-mode" if binning_mode == "calochallenge" else "--classifier",
+            fix="use --binning-mode adaptive and --classifier fast on this geometry")
+    if threshold_mev is None:
+        threshold_mev, threshold_source = default_threshold(reference, candidate)
+    else:
+        threshold_source = "given (--threshold-mev)" if threshold_mev > 0 else "off (--threshold-mev 0)"
+    if threshold_mev > 0:
         reference, candidate = apply_threshold(reference, threshold_mev), apply_threshold(candidate, threshold_mev)
     # files from read_native are validated already; in-memory samples from Python callers may not be
     reference.validate(source=reference.meta.get("source", labels[0]))
     candidate.validate(source=candidate.meta.get("source", labels[1]))
+    matched = None
+    if match:
+        reference, candidate, matched = match_conditions(reference, candidate, seed=seed)
+        logger.info("matched conditions %s: kept %d of %d reference and %d of %d candidate showers",
+                    matched["how"], matched["kept_reference"], matched["of_reference"],
+                    matched["kept_candidate"], matched["of_candidate"])
     excluded = {"reference": 0, "candidate": 0}
     if exclude_empty:
         for role, data in (("reference", reference), ("candidate", candidate)):
@@ -207,7 +405,8 @@ def run_validation(
                 f"the {role} sample has {len(data)} usable shower(s); distributions need at least 2",
                 file=data.meta.get("source", label),
                 field="showers",
-                fix="validate samples of at least a few hundred showers",
+                fix="validate samples of at least a few hundred showers"
+                + (" (--match-conditions kept only the shared points)" if match else ""),
             )
     out = ensure_writable_dir(outdir, what="validation output")
     mesh = reference.mesh
@@ -225,9 +424,15 @@ def run_validation(
         },
         "geometry": mesh.to_dict(),
         "seed": seed,
-        "threshold_mev": threshold_mev,
+        "threshold_mev": float(threshold_mev),
+        "threshold_source": threshold_source,
+        "binning_mode": binning_mode,
+        "classifier_recipe": recipe,
+        "warnings": [],
     }
-    n_stages = 6 if classifier else 5
+    if matched is not None:
+        metrics["matched_conditions"] = matched
+    n_stages = 6 if recipe else 5
     t0 = time.perf_counter()
     with progress_bar(n_stages, "validate", enabled=progress) as bar:
         with _stage(timings, "observables", bar):
@@ -235,13 +440,26 @@ def run_validation(
             obs_cand = compute_observables(candidate)
             hlf_ref = high_level_features(reference, observables=obs_ref)
             hlf_cand = high_level_features(candidate, observables=obs_cand)
+            if needs_cc:
+                if abs(threshold_mev - CC_THRESHOLD_MEV) < 1e-12:
+                    cc_ref, cc_cand, cc_obs_ref, cc_obs_cand = reference, candidate, obs_ref, obs_cand
+                else:  # the official numbers always use the official threshold
+                    cc_ref, cc_cand = apply_threshold(reference, CC_THRESHOLD_MEV), apply_threshold(candidate,
+                                                                                                   CC_THRESHOLD_MEV)
+                    cc_obs_ref, cc_obs_cand = compute_observables(cc_ref), compute_observables(cc_cand)
 
         with _stage(timings, "metrics", bar):
-            observables, cells = compare_all(obs_ref, obs_cand, reference, candidate, cell_threshold_mev=threshold_mev)
+            observables, cells = compare_all(obs_ref, obs_cand, reference, candidate,
+                                             cell_threshold_mev=threshold_mev or None, seed=seed)
             metrics["observables"] = observables
+            if binning_mode == "calochallenge":
+                metrics["observables_calochallenge"] = compare_calochallenge(cc_obs_ref, cc_obs_cand, cc_ref, cc_cand)
             metrics["conditions"] = {"e_inc": compare_samples(obs_ref["e_inc"], obs_cand["e_inc"])}
             if reference.angles is not None and candidate.angles is not None:
                 metrics["conditions"]["angle"] = compare_samples(reference.angles, candidate.angles)
+            for warning in _condition_warnings(metrics["conditions"]):
+                logger.warning("%s", warning)
+                metrics["warnings"].append(warning)
             response_ref = energy_response(obs_ref["e_inc"], obs_ref["e_total"])
             response_cand = energy_response(obs_cand["e_inc"], obs_cand["e_total"],
                                             np.asarray(response_ref["edges_mev"]))
@@ -250,20 +468,39 @@ def run_validation(
                 fit = plots.resolution_fit(np.asarray(resp["e_inc_mev"]) / 1000.0, np.asarray(resp["resolution"]),
                                            np.asarray(resp["resolution_error"]))
                 resp["fit_stochastic"], resp["fit_constant"] = (fit if fit is not None else (None, None))
-            metrics["fpd"] = fpd(hlf_ref, hlf_cand, seed=seed)
-            metrics["kpd"] = kpd(hlf_ref, hlf_cand, seed=seed)
+            for key, func in (("fpd", fpd), ("kpd", kpd)):
+                try:
+                    metrics[key] = func(hlf_ref, hlf_cand, seed=seed)
+                except (ValueError, np.linalg.LinAlgError, FloatingPointError) as exc:
+                    metrics[key] = _unavailable(key.upper(), exc)
 
         roc_curves: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
-        if classifier:
+        if recipe:
             with _stage(timings, "classifier", bar):
-                cfg = classifier_config or ClassifierConfig()
                 metrics["classifier"] = {}
-                # the voxel inputs are temporaries (2 x N x n_voxels float32), freed after their run
-                for level, inputs in (
-                    ("low_level", lambda: (low_level_inputs(reference), low_level_inputs(candidate))),
-                    ("high_level", lambda: (hlf_ref, hlf_cand)),
-                ):
-                    res = train_classifier(*inputs(), config=cfg, seed=seed)
+                if recipe == "calochallenge":
+                    cfg = OFFICIAL_CLASSIFIER
+                    if classifier_config is not None:  # threads and a wall-time cap may still be set
+                        cfg = replace(cfg, threads=classifier_config.threads,
+                                      max_train_seconds=classifier_config.max_train_seconds)
+                    levels = (
+                        ("low_level", lambda: (official_low_level_inputs(cc_ref), official_low_level_inputs(cc_cand))),
+                        ("high_level", lambda: (official_high_level_inputs(cc_obs_ref),
+                                                official_high_level_inputs(cc_obs_cand))),
+                    )
+                else:
+                    cfg = classifier_config or ClassifierConfig()
+                    # the voxel inputs are temporaries (2 x N x n_voxels float32), freed after their run
+                    levels = (
+                        ("low_level", lambda: (low_level_inputs(reference), low_level_inputs(candidate))),
+                        ("high_level", lambda: (hlf_ref, hlf_cand)),
+                    )
+                for level, inputs in levels:
+                    try:
+                        res = train_classifier(*inputs(), config=cfg, seed=seed, recipe=recipe)
+                    except (DataError, ValueError, RuntimeError, FloatingPointError) as exc:
+                        metrics["classifier"][level] = _unavailable(f"classifier ({level})", exc)
+                        continue
                     metrics["classifier"][level] = res.as_dict()
                     roc_curves[level.replace("_", "-")] = (res.roc_fpr, res.roc_tpr, res.auc)
 
@@ -373,72 +610,112 @@ def run_validation(
     return metrics
 
 
+def _available(m: Any) -> bool:
+    return isinstance(m, Mapping) and m.get("available", True) is not False
+
+
 def _log_summary(metrics: Mapping[str, Any]) -> None:
     obs = metrics["observables"]
     worst = max(obs, key=lambda n: obs[n]["separation_power"])
     logger.info(
-        "validation: %d vs %d showers; worst separation power %.4g (%s)",
+        "validation: %d vs %d showers (threshold %.4g MeV); worst separation power %.4g (%s)",
         metrics["n_reference"],
         metrics["n_candidate"],
+        metrics.get("threshold_mev") or 0.0,
         obs[worst]["separation_power"],
         worst,
     )
     for level, res in (metrics.get("classifier") or {}).items():
-        logger.info("classifier %s: AUC %.4f, JSD %.4f", level, res["auc"], res["jsd"])
-    logger.info(
-        "FPD %.4g ± %.2g, KPD %.4g ± %.2g",
-        metrics["fpd"]["value"],
-        metrics["fpd"]["error"],
-        metrics["kpd"]["value"],
-        metrics["kpd"]["error"],
-    )
+        if _available(res):
+            logger.info("classifier %s: AUC %.4f, JSD %.4f", level, res["auc"], res["jsd"])
+    for key in ("fpd", "kpd"):
+        m = metrics.get(key)
+        if _available(m):
+            logger.info("%s %.4g ± %.2g", key.upper(), m["value"], m["error"])
 
 
-def _graded(
-    value: float | None, kind: str | None, error: float | None = None, fmt: str = ".4f"
-) -> tuple[str, str]:
+def observable_grade(m: Mapping[str, Any], what: str = "separation_power") -> str:
+    """Grade of one observable's separation power or Wasserstein-1 against its same-vs-same floor."""
+    return grade(what, m.get(what), floor=m.get(f"{what}_floor"), floor_sd=m.get(f"{what}_floor_sd"))
+
+
+def classifier_grade(res: Mapping[str, Any]) -> str:
+    """Grade of a classifier AUC against the AUC of an uninformative classifier on the same split."""
+    return grade("auc", res.get("auc"), floor=res.get("auc_floor", 0.5), floor_sd=res.get("auc_floor_sd"))
+
+
+def _fmt_value(value: float | None, fmt: str = ".4f", error: float | None = None) -> str:
     if value is None:
-        return "–", "n/a"
-    text = f"{value:{fmt}}" if error is None else f"{value:{fmt}} ± {error:.2g}"
-    return text, grade(kind, value, error) if kind else ""
+        return "–"
+    return f"{value:{fmt}}" if error is None else f"{value:{fmt}} ± {error:.2g}"
 
 
 def summary_table(metrics: Mapping[str, Any]) -> Table:
-    """A rich table of the headline numbers: classifier, FPD/KPD, per-shower observables, per-layer maxima."""
+    """A rich table of the headline numbers, each with its statistical floor and the grade against it.
+
+    Rows: classifier AUC and JSD, FPD/KPD, per-shower observables, the worst layer of each per-layer
+    family, and, in CaloChallenge binning mode, the official E_tot/E_inc and worst per-layer values.
+    """
     table = Table(
         title=f"validation: {metrics.get('n_candidate')} candidate vs {metrics.get('n_reference')} "
-        "reference showers"
+        f"reference showers, threshold {metrics.get('threshold_mev') or 0:.4g} MeV",
+        caption="grade: excess over the same-vs-same floor in units of its spread; pass <= 3, warn <= 10",
     )
     table.add_column("metric")
     table.add_column("value", justify="right")
-    table.add_column("W1 / std", justify="right")
+    table.add_column("floor", justify="right")
+    table.add_column("W1 [unit]", justify="right")
     table.add_column("grade")
 
-    def row(name: str, value: tuple[str, str], extra: str = "") -> None:
-        text, g = value
+    def row(name: str, value: str, floor: str, g: str, extra: str = "") -> None:
         style = _GRADE_STYLE.get(g, "")
-        table.add_row(name, text, extra, f"[{style}]{g}[/{style}]" if style else g)
+        table.add_row(name, value, floor, extra, f"[{style}]{g}[/{style}]" if style else g)
 
     for level, res in (metrics.get("classifier") or {}).items():
-        row(f"classifier AUC ({level})", _graded(res["auc"], "auc"))
-        row(f"classifier JSD ({level})", _graded(res["jsd"], "jsd"))
+        if not _available(res):
+            row(f"classifier ({level})", "unavailable", "", "n/a", "")
+            continue
+        tag = "" if res.get("recipe", "fast") == "fast" else f", {res['recipe']}"
+        row(f"classifier AUC ({level}{tag})", _fmt_value(res["auc"]),
+            f"0.5 ± {res.get('auc_floor_sd', 0):.2g}", classifier_grade(res))
+        row(f"classifier JSD ({level}{tag})", _fmt_value(res["jsd"]), "–", "n/a")
     for key in ("fpd", "kpd"):
-        if key in metrics:
-            row(key.upper(), _graded(metrics[key]["value"], key, metrics[key]["error"], fmt=".4g"))
+        m = metrics.get(key)
+        if m is None:
+            continue
+        if not _available(m):
+            row(key.upper(), "unavailable", "", "n/a")
+            continue
+        row(key.upper(), _fmt_value(m["value"], ".4g", m["error"]), "0", grade(key, m["value"], m["error"]))
     obs = metrics.get("observables", {})
     for name, m in obs.items():
         if any(name.startswith(layer_prefix(key)) for key in PER_LAYER):
             continue
-        norm = m.get("wasserstein_norm")
-        row(
-            f"SP {name}",
-            _graded(m["separation_power"], "separation_power"),
-            "–" if norm is None else f"{norm:.3f}",
-        )
+        w = m.get("wasserstein")
+        unit = m.get("unit_wasserstein", "")
+        row(f"SP {name}", _fmt_value(m["separation_power"]), _fmt_value(m.get("separation_power_floor"), ".2g"),
+            observable_grade(m), "–" if w is None else f"{w:.3g} {unit}".strip())
     for key in PER_LAYER:
         prefix = layer_prefix(key)
-        entries = {n: m["separation_power"] for n, m in obs.items() if n.startswith(prefix)}
+        entries = {n: m for n, m in obs.items() if n.startswith(prefix)}
         if entries:
-            worst = max(entries, key=lambda n: entries[n])
-            row(f"SP {key} (max over layers: {worst[-2:]})", _graded(entries[worst], "separation_power"))
+            worst = max(entries, key=lambda n: entries[n]["separation_power"])
+            m = entries[worst]
+            row(f"SP {key} (max over layers: {worst[-2:]})", _fmt_value(m["separation_power"]),
+                _fmt_value(m.get("separation_power_floor"), ".2g"), observable_grade(m))
+    cc = metrics.get("observables_calochallenge")
+    if cc:
+        m = cc["e_ratio"]
+        row("SP E_tot/E_inc (CaloChallenge bins)", _fmt_value(m.get("separation_power")),
+            _fmt_value(m.get("separation_power_floor"), ".2g"), observable_grade(m))
+        for key in PER_LAYER:
+            prefix = layer_prefix(key)
+            entries = {n: e for n, e in cc.items() if n.startswith(prefix) and e.get("separation_power") is not None}
+            if entries:
+                worst = max(entries, key=lambda n: entries[n]["separation_power"])
+                m = entries[worst]
+                row(f"SP {key} (CaloChallenge bins, max: {worst[-2:]})", _fmt_value(m["separation_power"]),
+                    _fmt_value(m.get("separation_power_floor"), ".2g"), observable_grade(m))
+        m = cc["cell_energy"]
+        row("SP cell energy (CaloChallenge bins)", _fmt_value(m.get("separation_power")), "–", "n/a")
     return table
