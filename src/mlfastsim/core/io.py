@@ -336,6 +336,28 @@ def atomic_path(destination: str | Path, *, what: str = "output") -> Iterator[Pa
         raise
 
 
+@contextlib.contextmanager
+def atomic_h5(destination: str | Path, *, what: str = "output") -> Iterator[h5py.File]:
+    """An HDF5 file built in memory, then written to ``destination`` atomically in one plain write.
+
+    For outputs of bounded size (one batch, one table): HDF5's own writes never touch the disk, so a
+    full disk or a quota fails in Python's ``write`` with a clean :class:`OutputError` instead of
+    leaving HDF5 with unflushable metadata (dealloc error storms, a segfault at exit).  Streamed
+    outputs of unbounded size use :func:`atomic_path` after a free-space check instead.
+    """
+    import uuid
+
+    dest = Path(destination)
+    if dest.is_dir() or (dest.exists() and not dest.is_file()):
+        check_output_file(dest, what=what)
+    name = f"mlfastsim-mem-{uuid.uuid4().hex}.h5"  # never created on disk (backing_store=False)
+    with h5py.File(name, "w", driver="core", backing_store=False) as f:
+        yield f
+        f.flush()
+        image = f.id.get_file_image()
+    atomic_write_bytes(dest, image)
+
+
 def atomic_write_bytes(destination: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``destination`` atomically."""
     with atomic_path(destination) as tmp:

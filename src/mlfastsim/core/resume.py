@@ -20,6 +20,7 @@ against the output itself.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import hashlib
@@ -135,6 +136,27 @@ def release_job_lock(output: str | Path, *, all_levels: bool = False) -> None:
     os.close(held[0])
 
 
+_OPEN_CACHES: list[TaskCache] = []
+
+
+@atexit.register
+def _release_at_exit() -> None:
+    """On any orderly exit (an error line and exit 2 included): drop caches that hold no finished task
+    (nothing to resume) and remove our lock files, so a failed run leaves no hidden litter.  After a
+    kill -9 the kernel still drops the locks; the files are reused by the next run."""
+    for cache in list(_OPEN_CACHES):
+        with contextlib.suppress(OSError):
+            if cache.directory.is_dir() and len(cache) == 0:
+                shutil.rmtree(cache.directory, ignore_errors=True)
+    _OPEN_CACHES.clear()
+    for key in list(_HELD):
+        held = _HELD.pop(key)
+        with contextlib.suppress(OSError):
+            os.unlink(key)
+        with contextlib.suppress(OSError):
+            os.close(held[0])
+
+
 def holds_job_lock(output: str | Path) -> bool:
     """True when this process holds the job lock of ``output``."""
     return _lock_key(output) in _HELD
@@ -186,6 +208,7 @@ class TaskCache:
         except BaseException:
             release_job_lock(self.output)
             raise
+        _OPEN_CACHES.append(self)
 
     def _open(self) -> None:
         stamp = self.directory / "fingerprint"
@@ -263,6 +286,8 @@ class TaskCache:
         """Remove the cache (the job's output is written) and give up the job lock."""
         shutil.rmtree(self.directory, ignore_errors=True)
         release_job_lock(self.output, all_levels=True)
+        with contextlib.suppress(ValueError):
+            _OPEN_CACHES.remove(self)
 
 
 # ------------------------------------------------------------------ "done" is a property of the output

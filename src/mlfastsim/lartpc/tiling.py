@@ -31,7 +31,7 @@ from pydantic import Field, field_validator
 import mlfastsim.core.numba_setup  # noqa: F401  (threading layer before the kernels)
 from mlfastsim.core.config import StrictModel
 from mlfastsim.core.errors import ConfigError, DataError, InputFileError
-from mlfastsim.core.io import atomic_path, ensure_writable_dir, open_h5
+from mlfastsim.core.io import atomic_h5, ensure_writable_dir, open_h5
 from mlfastsim.core.parallel import ParallelConfig
 from mlfastsim.core.progress import progress_bar
 from mlfastsim.lartpc.geometry import N_PLANES, TPCGeometry
@@ -333,7 +333,7 @@ def write_xy(path: Path, events: list[XYEvent], attrs: dict) -> None:
     n = [len(e.coords) for e in events]
     offsets = np.concatenate([[0], np.cumsum(n)]).astype(np.int64)
     n_feat = len(attrs["feature_names"])
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_h5(path) as f:  # built in memory: a full disk fails cleanly in one write
         for k, v in attrs.items():
             f.attrs[k] = json.dumps(v) if isinstance(v, list | dict) else v
         f.create_dataset("event_ids", data=np.asarray([e.event_id for e in events], np.int64))
@@ -558,7 +558,7 @@ def _make_batch(cfg: MakeBatchesConfig, b: int, group: list[Path], out_dir: Path
 
 def write_pix(path: Path, pix: list[tuple[int, list[np.ndarray]]]) -> None:
     """Pixel files: the above-threshold (wire, tick, charge) of each plane: the 2D views, sparse."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_h5(path) as f:  # built in memory: a full disk fails cleanly in one write
         f.create_dataset("event_ids", data=np.asarray([e for e, _ in pix], np.int64))
         for p in range(N_PLANES):
             nz = [np.nonzero(w[p]) for _, w in pix]

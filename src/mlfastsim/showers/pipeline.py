@@ -206,6 +206,12 @@ def convert_to_file(cfg: ConvertConfig, *, progress: bool = False) -> tuple[Show
                       description=f"reading {len(paths)} {cfg.source_format} file(s)", progress=progress,
                       cache=cache)
     data = formats.combine_parts(cfg.source_format, parts, given)
+    if len(data) == 0:
+        from mlfastsim.core.errors import DataError
+
+        cache.clear()  # nothing worth resuming: the inputs themselves are empty
+        raise DataError("the input file(s) hold no showers", file=given[0] if len(given) == 1 else None,
+                        field="showers", fix="convert files with at least one shower")
     clear_done(cfg.output)
     formats.WRITERS[cfg.target_format](data, cfg.output)
     mark_done(cfg.output, fingerprint)

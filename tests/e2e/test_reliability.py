@@ -1,0 +1,336 @@
+"""Issue 15, as a hostile user would try it: one table, one row per case.
+
+Each row sets a trap in a fresh directory and runs the CLI once.  Bad input and broken environments
+expect one ``error:`` line naming the problem and exit 2 with nothing half-written; the cases where the
+promise is a *correct* rerun (a planted pickle, a corrupt or foreign cache chunk, a replaced output)
+expect exit 0 and the very bytes of a clean run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+SIM = ["showers", "simulate", "--energy-gev", "10", "--n-per-point", "4", "--chunk-size", "2", "--seed", "1"]
+
+
+def sim(out: Path | str, *extra: str) -> list[str]:
+    return [*SIM, *extra, "-o", str(out)]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Boom:
+    """What a planted pickle does when it is loaded: run a command."""
+
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+_HOLD = textwrap.dedent("""
+    import sys, time
+    from mlfastsim.core.resume import acquire_job_lock
+    acquire_job_lock(sys.argv[1])
+    print("locked", flush=True)
+    time.sleep(120)
+""")
+
+
+def hold_lock(stack: ExitStack, output: Path) -> int:
+    """Another job writing ``output``: a process holding its job lock until the row ends."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(output)], stdout=subprocess.PIPE, text=True)
+    stack.callback(proc.wait)
+    stack.callback(proc.kill)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    return proc.pid
+
+
+@dataclass
+class Ctx:
+    """What a row's setup gets: its directory, a way to run the CLI first (a previous run), cleanups."""
+
+    tmp: Path
+    cli: Callable[..., object]
+    stack: ExitStack
+    small_file: Path
+    saved: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class Case:
+    setup: Callable[[Ctx], list[str]]
+    code: int = 2
+    needles: tuple[str, ...] = ()
+    check: Callable[[Ctx], None] | None = None
+    fsize_limit: int | None = None  # run in a subprocess with ulimit -f (bytes): a disk that fills up
+
+
+# ------------------------------------------------------------------ resume cache: cannot run code or mix jobs
+def _cache_of_a_killed_run(c: Ctx, plant: Callable[[Path], None]) -> list[str]:
+    """A finished run gives the job's fingerprint and the clean bytes; then the output is removed and the
+    cache of a 'killed' rerun is planted with whatever ``plant`` writes."""
+    out = c.tmp / "out.h5"
+    assert c.cli(*sim(out)).code == 0
+    c.saved["clean"] = sha(out)
+    import json
+
+    fingerprint = json.loads((c.tmp / ".out.h5.done.json").read_text())["fingerprint"]
+    out.unlink()
+    parts = c.tmp / ".out.h5.parts"
+    parts.mkdir()
+    (parts / "fingerprint").write_text(fingerprint + "\n")
+    plant(parts)
+    return sim(out)
+
+
+def _same_as_clean(c: Ctx) -> None:
+    assert sha(c.tmp / "out.h5") == c.saved["clean"]
+    assert not (c.tmp / "PWNED").exists()
+    assert not (c.tmp / ".out.h5.parts").exists()
+
+
+def planted_pickle(c: Ctx) -> list[str]:
+    def plant(parts: Path) -> None:
+        (parts / "task_000000.pkl").write_bytes(pickle.dumps(Boom()))
+        (parts / "task_000001.npz").write_bytes(pickle.dumps(Boom()))
+
+    return _cache_of_a_killed_run(c, plant)
+
+
+def corrupt_chunk(c: Ctx) -> list[str]:
+    def plant(parts: Path) -> None:
+        from mlfastsim.core.records import record_bytes
+
+        good = record_bytes(np.zeros((2, 6480), np.float32), {"fingerprint": "x", "task": 0})
+        (parts / "task_000000.npz").write_bytes(good[: len(good) // 3])  # truncated by a kill -9
+
+    return _cache_of_a_killed_run(c, plant)
+
+
+def foreign_chunk(c: Ctx) -> list[str]:
+    """The other job's chunk (seed 2) in this job's cache: issue 15's mixed output."""
+
+    def plant(parts: Path) -> None:
+        from mlfastsim.core.records import record_bytes
+
+        other = record_bytes(np.ones((2, 6480), np.float32), {"fingerprint": "seed-2-job", "task": 0})
+        (parts / "task_000000.npz").write_bytes(other)
+
+    return _cache_of_a_killed_run(c, plant)
+
+
+def two_jobs_one_output(c: Ctx) -> list[str]:
+    c.saved["pid"] = hold_lock(c.stack, c.tmp / "same.h5")
+    return sim(c.tmp / "same.h5", "--seed", "2")
+
+
+def _refused_second_job(c: Ctx) -> None:
+    assert not (c.tmp / "same.h5").exists() and not (c.tmp / ".same.h5.parts").exists()
+
+
+# ------------------------------------------------------------------ "done" is a property of the output
+def replaced_output(c: Ctx) -> list[str]:
+    out = c.tmp / "out.h5"
+    assert c.cli(*sim(out)).code == 0
+    c.saved["clean"] = sha(out)
+    assert c.cli(*sim(c.tmp / "other.h5", "--seed", "2")).code == 0
+    shutil.copy2(c.tmp / "other.h5", out)  # cp -p: another job's data under the finished name
+    return sim(out)
+
+
+# ------------------------------------------------------------------ sizes before work
+def huge_n(c: Ctx) -> list[str]:
+    return ["showers", "simulate", "--energy-gev", "10,50", "--n-per-point", "1000000000", "-o", str(c.tmp / "big.h5")]
+
+
+def _nothing_written(c: Ctx) -> None:
+    assert [p.name for p in c.tmp.iterdir() if p.name not in ("small.h5", "det.yaml")] == [], list(c.tmp.iterdir())
+
+
+def forged_shape(c: Ctx) -> list[str]:
+    forged = c.tmp / "forged.h5"
+    with h5py.File(forged, "w") as f:
+        f.create_dataset("incident_energies", data=np.ones((5, 1), np.float32) * 1e3)
+        f.create_dataset("showers", shape=(200_000_000, 6480), dtype="f4")
+    assert forged.stat().st_size < 10_000
+    return ["showers", "validate", "--reference", str(c.small_file), "--candidate", str(forged), "-o",
+            str(c.tmp / "v"), "--no-classifier"]
+
+
+# ------------------------------------------------------------------ outputs go only to regular files
+def sim_to_directory(c: Ctx) -> list[str]:
+    (c.tmp / "adir").mkdir()
+    return sim(c.tmp / "adir")
+
+
+def convert_to_directory(c: Ctx) -> list[str]:
+    (c.tmp / "adir").mkdir()
+    return ["showers", "convert", str(c.small_file), "--from", "native", "--to", "native", "-o", str(c.tmp / "adir")]
+
+
+def produce_to_directory(c: Ctx) -> list[str]:
+    (c.tmp / "adir").mkdir()
+    return ["belle2", "produce", "-n", "5", "-o", str(c.tmp / "adir")]
+
+
+def sim_to_fifo(c: Ctx) -> list[str]:
+    os.mkfifo(c.tmp / "pipe.h5")  # like /dev/full: a special file must never be replaced
+    return sim(c.tmp / "pipe.h5")
+
+
+def sim_to_proc(c: Ctx) -> list[str]:
+    if not Path("/proc/self").exists():
+        pytest.skip("no /proc here")
+    return sim("/proc/x.h5")
+
+
+# ------------------------------------------------------------------ filesystem errors
+def sim_disk_fills(c: Ctx) -> list[str]:
+    return sim(c.tmp / "out.h5")
+
+
+def _no_litter(c: Ctx) -> None:
+    left = [p.name for p in c.tmp.rglob("*") if p.name.endswith(".tmp") or p.name == "out.h5"]
+    assert left == [], left
+
+
+def stale_tmp(c: Ctx) -> list[str]:
+    (c.tmp / ".out.h5.k2j3h4g5.tmp").write_bytes(b"half of a killed run")
+    return sim(c.tmp / "out.h5")
+
+
+def _stale_tmp_gone(c: Ctx) -> None:
+    assert not (c.tmp / ".out.h5.k2j3h4g5.tmp").exists() and (c.tmp / "out.h5").is_file()
+
+
+# ------------------------------------------------------------------ impossible detectors, bad files, names
+def _detector(c: Ctx, **changes: object) -> Path:
+    absorber = {"name": "Weird", "z": 74, "a": 183.84, "density": 19.3, "x0": 3.5, "rm": 9.3, "ec": 8.0,
+                "dedx_mip": 2.2}
+    det = {"name": "weird", "absorber": absorber, "absorber_mm": 1.4, "n_layers": 10}
+    for k, v in changes.items():
+        (absorber if k in absorber else det)[k] = v
+    path = c.tmp / "det.yaml"
+    path.write_text(yaml.safe_dump(det))
+    return path
+
+
+def impossible_material(c: Ctx) -> list[str]:
+    return sim(c.tmp / "out.h5", "--detector", str(_detector(c, z=-60, density=0, x0=-5)))
+
+
+def nan_thickness(c: Ctx) -> list[str]:
+    return sim(c.tmp / "out.h5", "--detector", str(_detector(c, absorber_mm=float("nan"))))
+
+
+def angle_400(c: Ctx) -> list[str]:
+    bad = c.tmp / "angles.h5"
+    shutil.copy(c.small_file, bad)
+    with h5py.File(bad, "r+") as f:
+        n = f["showers"].shape[0]
+        angles = np.full((n, 1), 90.0, np.float32)
+        angles[3] = 400.0
+        if "incident_angles" in f:
+            del f["incident_angles"]
+        f.create_dataset("incident_angles", data=angles)
+    return ["showers", "validate", "--reference", str(c.small_file), "--candidate", str(bad), "-o", str(c.tmp / "v"),
+            "--no-classifier"]
+
+
+def two_validates(c: Ctx) -> list[str]:
+    hold_lock(c.stack, c.tmp / "v")
+    return ["showers", "validate", "--reference", str(c.small_file), "--candidate", str(c.small_file), "-o",
+            str(c.tmp / "v"), "--no-classifier"]
+
+
+def run_name_escape(c: Ctx) -> list[str]:
+    return ["showers", "validate", "--reference", str(c.small_file), "--candidate", str(c.small_file), "-o",
+            str(c.tmp / "v"), "--no-classifier", "--set", "tracking.run_name=../../../escaped"]
+
+
+def _not_escaped(c: Ctx) -> None:
+    assert not (c.tmp.parent.parent / "escaped").exists()
+
+
+CASES: dict[str, Case] = {
+    # high
+    "two jobs on one -o: the second stops": Case(two_jobs_one_output, 2, ("another job (pid", "is writing"),
+                                                 _refused_second_job),
+    "replaced output is recomputed, not trusted": Case(replaced_output, 0, (), _same_as_clean),
+    "planted pickle in the cache never runs": Case(planted_pickle, 0, (), _same_as_clean),
+    "another job's chunk is not mixed in": Case(foreign_chunk, 0, (), _same_as_clean),
+    # medium
+    "corrupt cache chunk is recomputed": Case(corrupt_chunk, 0, (), _same_as_clean),
+    "output larger than the free disk": Case(huge_n, 2, ("is free",),
+                                             _nothing_written),
+    "declared HDF5 shape cannot fit the file": Case(forged_shape, 2, ("declares shape (200000000, 6480)",)),
+    "simulate -o DIR": Case(sim_to_directory, 2, ("existing directory",)),
+    "convert -o DIR": Case(convert_to_directory, 2, ("existing directory",)),
+    "belle2 produce -o DIR": Case(produce_to_directory, 2, ("existing directory",)),
+    "simulate -o special file": Case(sim_to_fifo, 2, ("not a regular file",)),
+    "disk fills up (ulimit -f)": Case(sim_disk_fills, 2, ("file too large", "fix:"), _no_litter, fsize_limit=20_000),
+    "impossible detector material": Case(impossible_material, 2, ("must be a finite number > 0",), _nothing_written),
+    "NaN detector thickness": Case(nan_thickness, 2, ("thicknesses must be finite",), _nothing_written),
+    "two validates on one -o": Case(two_validates, 2, ("another job (pid", "is writing")),
+    # low
+    "simulate -o /proc/x.h5": Case(sim_to_proc, 2, ("/proc/x.h5",)),
+    "400 degree angle in a file": Case(angle_400, 2, ("outside 0..180",)),
+    "run name ../../../escaped": Case(run_name_escape, 2, ("not a plain folder name",), _not_escaped),
+    "killed run's .NAME.xxxx.tmp is cleaned": Case(stale_tmp, 0, (), _stale_tmp_gone),
+}
+
+
+def _run_limited(args: list[str], limit: int, cwd: Path) -> tuple[int, str]:
+    """The CLI in a subprocess whose files cannot grow past ``limit`` bytes (EFBIG, as a full disk)."""
+
+    def limit_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get the errno instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    code = "import sys; from mlfastsim.cli.main import main; main(sys.argv[1:])"
+    res = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True,
+                         preexec_fn=limit_files, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    return res.returncode, res.stderr
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_reliability(name: str, cli, small_file: Path, tmp_path: Path) -> None:
+    case = CASES[name]
+    work = tmp_path / "work"
+    work.mkdir()
+    os.chdir(work)
+    with ExitStack() as stack:
+        ctx = Ctx(work, cli, stack, small_file)
+        args = case.setup(ctx)
+        if case.fsize_limit is not None:
+            code, err = _run_limited(args, case.fsize_limit, work)
+        else:
+            res = cli(*args)
+            code, err = res.code, res.err
+        assert code == case.code, (code, err)
+        assert "Traceback" not in err
+        if case.code == 2:
+            lines = [x for x in err.strip().splitlines() if x.strip()]
+            assert len(lines) == 1 and lines[0].startswith("error:"), err
+            for needle in case.needles:
+                assert needle in lines[0], (needle, lines[0])
+        if case.check is not None:
+            case.check(ctx)
