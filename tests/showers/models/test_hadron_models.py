@@ -261,7 +261,9 @@ def test_bibae_training_reduces_reconstruction() -> None:
     before = _eval(task, data)
     _train(task, data, 30)
     after = _eval(task, data)
-    assert after["recon"] < 0.5 * before["recon"]
+    # the hits head's reconstruction term is a negative log-likelihood (nats per shower): it falls, but
+    # not towards 0 (the occupancy and energy fluctuations have entropy)
+    assert after["recon"] < 0.8 * before["recon"]
     assert {"loss", "kl", "mmd", "w_latent", "w_main"} <= set(after)
 
 
@@ -282,7 +284,8 @@ class DistortingAE(nn.Module):
 def test_postprocess_training_reduces_sorted_hit_mmd_with_bibae_frozen() -> None:
     torch.manual_seed(0)
     data = toy_showers(64)
-    task = PostProcessTask(DistortingAE(), PostProcessor(GRID, [16, 16]), SMALL_PP)
+    recon_pp = SMALL_PP.model_copy(update={"input": "recon"})  # DistortingAE only reconstructs
+    task = PostProcessTask(DistortingAE(), PostProcessor(GRID, [16, 16]), recon_pp)
     before = _eval(task, data)
     _train(task, data, 60)
     after = _eval(task, data)

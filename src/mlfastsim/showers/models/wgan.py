@@ -76,6 +76,12 @@ class WGANConfig(StrictModel):
     lr_generator: float = Field(1e-4, gt=0)
     lr_critic: float = Field(1e-4, gt=0)
     betas: tuple[float, float] = (0.5, 0.9)
+    # The generator has the occupancy-aware "hits" output (:func:`sample_hits`, hits >= 0.5 MIP).
+    critic_log_input: bool = True  # the critic sees log(1 + x): hit energies span four decades
+    # Unpaired auxiliary generator losses that give the adversarial game a head start on a CPU budget:
+    # sorted-hit MMD (the hit-energy spectrum) and an MMD of (e, log(1 + E_sum), log(1 + n_hits)).
+    hit_mmd_weight: float = Field(0.0, ge=0)
+    summary_mmd_weight: float = Field(0.0, ge=0)
     # the constrainer: 0 disables it; > 0 needs a trained regressor (regressor_checkpoint)
     regressor_weight: float = Field(1.0, ge=0)
     regressor_checkpoint: Path | None = None
@@ -115,6 +121,17 @@ def log_energy_sum(x: torch.Tensor) -> torch.Tensor:
     return torch.log1p(x.flatten(2).sum(dim=2).clamp_min(0.0))
 
 
+def summary_features(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """Per-shower (e, log(1 + E_sum), log(1 + n_hits)) (B, 3), for an MMD of the conditional distribution.
+
+    The hit "count" is ``sum(x / (x + 0.5))`` (a hit of >= 0.5 MIP counts 0.5-1): smooth, so gradients reach
+    straight-through hits without the 1/x blow-up of an exact count.
+    """
+    flat = x.flatten(1)
+    return torch.stack([e.reshape(-1).to(x.dtype), torch.log1p(flat.sum(1)),
+                        torch.log1p((flat / (flat + 0.5)).sum(1))], dim=1)
+
+
 def seeded_build(seed: int, fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Build modules with a seeded initialisation without touching the global RNG streams."""
     with torch.random.fork_rng(devices=[]):
@@ -127,20 +144,117 @@ def _conv_out(n: int, stride: int) -> int:
     return (n + 2 - 3) // stride + 1
 
 
+# ------------------------------------------------------------------------------------------- hit head
+# A cell of a pion shower is either empty (>95 % of the 30k cells) or holds a hit of >= 0.5 MIP whose energy
+# spans four decades (MIP-like track segments to dense EM cores).  A decoder that outputs one non-negative
+# number per cell learns the cell's *mean*: a diffuse haze below the readout threshold.  The "hits" head
+# instead outputs per cell a hit logit and a location and log-width of log(E) (a normal truncated at the
+# threshold), i.e. a factorised likelihood given the latent code; a shower is then *sampled*: hit where
+# u1 < p, energy from the truncated normal's quantile at u2.  The uniforms come from z itself
+# (:func:`hash_uniforms`), so the sampler stays one deterministic function [z, e] -> cells that exports to
+# ONNX, gives the same shower for the same z, and needs no per-cell noise input.
+
+HIT_CHANNELS = 3  # hit logit, location of log E, log width of log E
+_NOISE_SEED = 0x48495453  # fixed: the z -> uniforms map is part of the architecture, never trained or saved
+_NOISE_SCALE = 1000.0
+_LOG_SIGMA_RANGE = (-3.0, 1.0)
+_MAX_LOG_ENERGY = math.log(1.0e4)  # 10^4 MIP per cell: far above any hadron-shower cell
+
+
+def noise_weight(latent_dim: int, n_cells: int) -> torch.Tensor:
+    """The fixed float64 (latent_dim, n_cells) projection behind :func:`hash_uniforms` (seeded, not stored)."""
+    g = torch.Generator().manual_seed(_NOISE_SEED)
+    return torch.randn(latent_dim, n_cells, generator=g, dtype=torch.float64) * _NOISE_SCALE
+
+
+def hash_uniforms(z: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two (B, n_cells) U(0, 1) fields from z: the fractional parts of a large random projection of z.
+
+    ``t = z @ W`` with W ~ N(0, 1000^2) varies by many periods between any two cells or two codes, so
+    ``frac(t)`` is uniform and (empirically) independent across cells and showers; ``frac(8192 t)`` reads
+    further digits of the same number for a second field.  Computed in float64 so that torch and ONNX
+    Runtime agree to ~1e-10 (a hit decision flips only when u1 lies that close to p).
+    """
+    t = z.to(torch.float64) @ weight
+    u1 = t - torch.floor(t)
+    t2 = u1 * 8192.0
+    u2 = t2 - torch.floor(t2)
+    return u1.to(z.dtype), u2.to(z.dtype)
+
+
+def _probit(v: torch.Tensor) -> torch.Tensor:
+    """Tukey-lambda approximation of the normal quantile (|error| < 0.01 for 1e-4 < v < 1 - 1e-4).
+
+    erfinv has no ONNX operator; the approximation is plain powers and stays bounded in the tails.
+    """
+    return 4.91 * (v.pow(0.14) - (1.0 - v).pow(0.14))
+
+
+def _hit_parts(params: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """(B, 3, ...) head -> logit, location, width of log E and log(threshold)."""
+    logit, loc = params[:, 0], params[:, 1]
+    sigma = torch.exp(params[:, 2].clamp(*_LOG_SIGMA_RANGE))
+    return logit, loc, sigma, math.log(threshold)
+
+
+def sample_hits(params: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor, threshold: float, *,
+                straight_through: bool = False) -> torch.Tensor:
+    """A shower (B, ...) from the head (B, 3, ...) and uniforms (B, ...): hit if u1 < sigmoid(logit), its
+    energy ``exp(loc + sigma * probit(v))`` with v uniform above the threshold's quantile (inverse-CDF
+    sampling of the truncated normal), so every hit is >= ``threshold``.
+
+    ``straight_through``: the hit indicator's gradient is that of its probability (Bengio et al. 2013), so
+    an adversarial loss can move hit probabilities; the energies are reparametrised and differentiable.
+    """
+    logit, loc, sigma, lo = _hit_parts(params, threshold)
+    p = torch.sigmoid(logit)
+    hit = (u1 < p).to(params.dtype)
+    if straight_through:
+        hit = hit + p - p.detach()
+    f_lo = 0.5 * (1.0 + torch.erf((lo - loc) / (sigma * math.sqrt(2.0))))
+    v = (f_lo + u2 * (1.0 - f_lo)).clamp(1e-6, 1.0 - 1e-6)
+    y = (loc + sigma * _probit(v)).clamp(lo, _MAX_LOG_ENERGY)
+    return hit * torch.exp(y)
+
+
+def hit_nll(params: torch.Tensor, x: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Negative log-likelihood (B,) of showers ``x`` under the head: Bernoulli occupancy for every cell plus,
+    for hit cells, a normal in log E truncated at log(threshold).  Summed over cells (nats per shower).
+
+    Cells below the threshold (a sample read out without one) count as hits at the threshold.
+    """
+    logit, loc, sigma, lo = _hit_parts(params, threshold)
+    occ = (x > 0).to(x.dtype)
+    bce = F.binary_cross_entropy_with_logits(logit, occ, reduction="none")
+    y = torch.log(x.clamp_min(threshold))
+    zed = (y - loc) / sigma
+    # truncation: divide the density by P(log E > lo) = Phi((loc - lo) / sigma)
+    nll_e = (0.5 * zed.pow(2) + torch.log(sigma) + 0.5 * math.log(2 * math.pi)
+             + torch.special.log_ndtr((loc - lo) / sigma))
+    return (bce + occ * nll_e).flatten(1).sum(dim=1)
+
+
 # ------------------------------------------------------------------------------------------- networks
 class Generator(nn.Module):
-    """(z, e) -> ReLU shower of exactly ``grid_shape``; also the BIB-AE decoder.
+    """(z, e) -> shower of exactly ``grid_shape``; also the BIB-AE decoder.
 
+    ``output`` "hits" (default): the last layer gives the 3-channel hit head and the shower is sampled from
+    it with uniforms derived from z (:func:`sample_hits`); "relu": one ReLU channel (the cell's value).
     ``channels[0]`` is the width of the coarse grid after the dense layer; each further entry is one
     ConvTranspose3d(kernel 4, stride 2, padding 1) stage that doubles every axis (the checkerboard-free
-    kernel/stride ratio of Odena et al. 2016), followed by a 3x3x3 convolution.
+    kernel/stride ratio of Odena et al. 2016), followed by a 3x3x3 convolution (1x1x1 after the last
+    stage with the hits output).
     """
 
     def __init__(self, grid_shape: Sequence[int], latent_dim: int, channels: Sequence[int],
-                 leaky_slope: float = 0.2) -> None:
+                 leaky_slope: float = 0.2, *, output: str = "hits", hit_threshold: float = 0.5) -> None:
         super().__init__()
+        if output not in ("relu", "hits"):
+            raise ConfigError(f"unknown generator output {output!r}", field="model.output", fix="use relu or hits")
         self.grid_shape = check_grid_shape(grid_shape)
         self.latent_dim = int(latent_dim)
+        self.output = output
+        self.hit_threshold = float(hit_threshold)
         self.channels = [int(c) for c in channels]
         factor = 2 ** (len(self.channels) - 1)
         self.base = tuple(math.ceil(s / factor) for s in self.grid_shape)
@@ -148,12 +262,25 @@ class Generator(nn.Module):
         self.act = nn.LeakyReLU(leaky_slope)
         self.up = nn.ModuleList()
         self.refine = nn.ModuleList()
-        for c_in, c_out in itertools.pairwise(self.channels):
+        # hits: the head's fields (p, location, width) are smooth given z, so at full resolution only 1x1x1
+        # convolutions follow the last upsampling (3x3x3 there is ~60 % of a CPU step)
+        k_last = 1 if output == "hits" else 3
+        pairs = list(itertools.pairwise(self.channels))
+        for i, (c_in, c_out) in enumerate(pairs):
+            k = k_last if i == len(pairs) - 1 else 3
             self.up.append(nn.ConvTranspose3d(c_in + 1, c_out, kernel_size=4, stride=2, padding=1))
-            self.refine.append(nn.Conv3d(c_out, c_out, kernel_size=3, padding=1))
-        self.out = nn.Conv3d(self.channels[-1] + 1, 1, kernel_size=3, padding=1)
+            self.refine.append(nn.Conv3d(c_out, c_out, kernel_size=k, padding=k // 2))
+        n_out = HIT_CHANNELS if output == "hits" else 1
+        self.out = nn.Conv3d(self.channels[-1] + 1, n_out, kernel_size=k_last, padding=k_last // 2)
+        if output == "hits":
+            with torch.no_grad():  # start sparse (p ~ 2 %) with MIP-like hits, not at p = 0.5 everywhere
+                self.out.bias.copy_(torch.tensor([-4.0, 0.5, -0.5]))
+            # fixed, seeded, not saved (persistent=False): rebuilt identically with the architecture
+            self.register_buffer("noise_weight", noise_weight(self.latent_dim, math.prod(self.grid_shape)),
+                                 persistent=False)
 
-    def forward(self, z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    def params(self, z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """The raw output (B, C, n_z, n_y, n_x): C = 3 hit-head channels, or 1 pre-ReLU channel."""
         e = e.reshape(-1)
         h = self.act(self.fc(torch.cat([z, e[:, None]], dim=1)))
         h = h.reshape(-1, self.channels[0], *self.base)
@@ -162,7 +289,26 @@ class Generator(nn.Module):
             h = self.act(refine(h))
         h = self.out(torch.cat([h, energy_channel(e, h)], dim=1))
         nz, ny, nx = self.grid_shape
-        return F.relu(h[:, 0, :nz, :ny, :nx])
+        return h[:, :, :nz, :ny, :nx]
+
+    def sample_from(self, params: torch.Tensor, z: torch.Tensor, *, straight_through: bool = False) -> torch.Tensor:
+        """The shower for a head output of code ``z`` (uniforms from z, see :func:`hash_uniforms`)."""
+        if self.output == "relu":
+            return F.relu(params[:, 0])
+        u1, u2 = hash_uniforms(z, self.noise_weight)
+        shape = (-1, *self.grid_shape)
+        return sample_hits(params, u1.reshape(shape), u2.reshape(shape), self.hit_threshold,
+                           straight_through=straight_through)
+
+    def nll(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-shower negative log-likelihood of ``x`` (the "hits" head only)."""
+        if self.output != "hits":
+            raise ConfigError("a likelihood needs the hits output", field="model.output", fix="set output: hits")
+        return hit_nll(params, x, self.hit_threshold)
+
+    def forward(self, z: torch.Tensor, e: torch.Tensor, *, straight_through: bool = False) -> torch.Tensor:
+        """(z, e) -> shower (B, n_z, n_y, n_x) in network units: a ReLU grid or sampled hits."""
+        return self.sample_from(self.params(z, e), z, straight_through=straight_through)
 
 
 class ResBlock3d(nn.Module):
@@ -374,6 +520,24 @@ class WGANTask:
     def schedulers(self) -> dict[str, Any]:
         return {}
 
+    def _c(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """The critic on the representation it judges: log(1 + x) when ``critic_log_input``."""
+        return self.critic(torch.log1p(x.clamp_min(0.0)) if self.cfg.critic_log_input else x, e)
+
+    def _critic_view(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log1p(x.clamp_min(0.0)) if self.cfg.critic_log_input else x
+
+    def _aux(self, real: torch.Tensor, fake: torch.Tensor, e: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Unpaired auxiliary generator terms (sorted-hit MMD, summary MMD); empty when their weights are 0."""
+        from mlfastsim.showers.models.bibae import mmd, sorted_hit_mmd  # bibae imports this module
+
+        out: dict[str, torch.Tensor] = {}
+        if self.cfg.hit_mmd_weight > 0:
+            out["hit_mmd"] = sorted_hit_mmd(real, fake, 400, log=True)
+        if self.cfg.summary_mmd_weight > 0:
+            out["summary_mmd"] = mmd(summary_features(real, e), summary_features(fake, e))
+        return out
+
     def _constraint(self, fake: torch.Tensor, e: torch.Tensor) -> torch.Tensor | None:
         if self.regressor is None or self.cfg.regressor_weight == 0:
             return None
@@ -392,9 +556,9 @@ class WGANTask:
             xr, er = x[idx], e[idx]
             with torch.no_grad():
                 fake = self.generator(_randn((len(idx), self.cfg.latent_dim), x), er)
-            c_real = self.critic(xr, er).mean()
-            c_fake = self.critic(fake, er).mean()
-            gp = gradient_penalty(self.critic, xr, fake, er, self.cfg.lambda_gp)
+            c_real = self._c(xr, er).mean()
+            c_fake = self._c(fake, er).mean()
+            gp = gradient_penalty(self.critic, self._critic_view(xr), self._critic_view(fake), er, self.cfg.lambda_gp)
             loss_c = c_fake - c_real + gp
             self.opt_c.zero_grad(set_to_none=True)
             loss_c.backward()
@@ -403,15 +567,20 @@ class WGANTask:
         logs.update(critic_loss=float(loss_c.detach()), gp=float(gp.detach()),
                     loss=float((c_real - c_fake).detach()))
         with _CriticFrozen(self.critic):
-            fake = self.generator(_randn((n, self.cfg.latent_dim), x), e)
-            adv = -self.critic(fake, e).mean()
+            fake = self.generator(_randn((n, self.cfg.latent_dim), x), e, straight_through=True)
+            adv = -self._c(fake, e).mean()
             reg = self._constraint(fake, e)
             loss_g = adv if reg is None else adv + self.cfg.regressor_weight * reg
+            aux = self._aux(x, fake, e)
+            for key, weight in (("hit_mmd", self.cfg.hit_mmd_weight), ("summary_mmd", self.cfg.summary_mmd_weight)):
+                if key in aux:
+                    loss_g = loss_g + weight * aux[key]
             self.opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             dist_utils.all_reduce_grads(self.generator.parameters())
             self.opt_g.step()
-        logs.update(generator_loss=float(loss_g.detach()), generator_adv=float(adv.detach()))
+        logs.update(generator_loss=float(loss_g.detach()), generator_adv=float(adv.detach()),
+                    **{k: float(v.detach()) for k, v in aux.items()})
         if reg is not None:
             logs["regressor_mse"] = float(reg.detach())
         return logs
@@ -422,10 +591,13 @@ class WGANTask:
         self.generator.eval()
         self.critic.eval()
         fake = self.generator(_randn((x.shape[0], self.cfg.latent_dim), x, _eval_generator(self.seed)), e)
-        c_real, c_fake = self.critic(x, e).mean(), self.critic(fake, e).mean()
+        c_real, c_fake = self._c(x, e).mean(), self._c(fake, e).mean()
         sum_real, sum_fake = x.flatten(1).sum(1).mean(), fake.flatten(1).sum(1).mean()
+        hits_real, hits_fake = (x > 0).flatten(1).sum(1).float().mean(), (fake > 0).flatten(1).sum(1).float().mean()
         out = {"loss": float(c_real - c_fake), "critic_real": float(c_real), "critic_fake": float(c_fake),
-               "esum_ratio": float(sum_fake / sum_real.clamp_min(1e-12))}
+               "esum_ratio": float(sum_fake / sum_real.clamp_min(1e-12)),
+               "nhits_ratio": float(hits_fake / hits_real.clamp_min(1.0)),
+               **{k: float(v) for k, v in self._aux(x, fake, e).items()}}
         reg = self._constraint(fake, e)
         if reg is not None:
             out["regressor_mse"] = float(reg)
