@@ -212,6 +212,48 @@ def _no_litter(c: Ctx) -> None:
     assert left == [], left
 
 
+def produce_disk_fills(c: Ctx) -> list[str]:
+    return ["belle2", "produce", "-n", "200", "--chunk-size", "100", "-o", str(c.tmp / "out.h5")]
+
+
+def preprocess_disk_fills(c: Ctx) -> list[str]:
+    assert c.cli("belle2", "produce", "-n", "200", "--chunk-size", "100", "-o", str(c.tmp / "ev.h5")).code == 0
+    return ["belle2", "preprocess", "-i", str(c.tmp / "ev.h5"), "-o", str(c.tmp / "pre")]
+
+
+def _no_arrays(c: Ctx) -> None:
+    assert not list(c.tmp.rglob("*.npy")) and not list(c.tmp.rglob("*.tmp"))
+
+
+LARTPC_SIM = {"n_events": 4, "seed": 2, "tpc_ids": [1], "muons": [1, 2], "protons": [0, 1], "showers": [0, 1],
+              "geometry": {"n_ticks": 32, "size_y_mm": 32.0, "size_z_mm": 32.0, "voxel_mm": 2.0}}
+
+
+def make_batches_disk_fills(c: Ctx) -> list[str]:
+    (c.tmp / "sim.yaml").write_text(yaml.safe_dump(LARTPC_SIM))
+    assert c.cli("lartpc", "simulate", "-c", str(c.tmp / "sim.yaml"), "-o", str(c.tmp / "parsed")).code == 0
+    batches = ["lartpc", "make-batches", "-i", str(c.tmp / "parsed"), "-t", "1", "-b", "2", "-n", "1"]
+    # once without the limit: numba writes its compiled-code cache on first use (a harness detail)
+    assert c.cli(*batches, "-o", str(c.tmp / "warm")).code == 0
+    return [*batches, "-o", str(c.tmp / "xy")]
+
+
+def _no_xy(c: Ctx) -> None:
+    assert not list((c.tmp / "xy").glob("*")), list((c.tmp / "xy").glob("*"))
+
+
+def convert_zero_showers(c: Ctx) -> list[str]:
+    empty = c.tmp / "empty.h5"
+    with h5py.File(empty, "w") as f:
+        f.create_dataset("incident_energies", data=np.zeros((0, 1), np.float32))
+        f.create_dataset("showers", data=np.zeros((0, 6480), np.float32))
+    return ["showers", "convert", str(empty), "--from", "native", "--to", "calochallenge", "-o", str(c.tmp / "cc.h5")]
+
+
+def _no_cc(c: Ctx) -> None:
+    assert sorted(p.name for p in c.tmp.iterdir()) == ["empty.h5"], list(c.tmp.iterdir())
+
+
 def stale_tmp(c: Ctx) -> list[str]:
     (c.tmp / ".out.h5.k2j3h4g5.tmp").write_bytes(b"half of a killed run")
     return sim(c.tmp / "out.h5")
@@ -287,6 +329,12 @@ CASES: dict[str, Case] = {
     "belle2 produce -o DIR": Case(produce_to_directory, 2, ("existing directory",)),
     "simulate -o special file": Case(sim_to_fifo, 2, ("not a regular file",)),
     "disk fills up (ulimit -f)": Case(sim_disk_fills, 2, ("file too large", "fix:"), _no_litter, fsize_limit=20_000),
+    "belle2 produce: disk fills up": Case(produce_disk_fills, 2, ("file too large",), _no_litter, fsize_limit=30_000),
+    "belle2 preprocess: disk fills up": Case(preprocess_disk_fills, 2, ("file too large",), _no_arrays,
+                                             fsize_limit=30_000),
+    "lartpc make-batches: disk fills up": Case(make_batches_disk_fills, 2, ("file too large",), _no_xy,
+                                               fsize_limit=8_000),
+    "convert of a 0-shower file": Case(convert_zero_showers, 2, ("no showers",), _no_cc),
     "impossible detector material": Case(impossible_material, 2, ("must be a finite number > 0",), _nothing_written),
     "NaN detector thickness": Case(nan_thickness, 2, ("thicknesses must be finite",), _nothing_written),
     "two validates on one -o": Case(two_validates, 2, ("another job (pid", "is writing")),

@@ -47,7 +47,9 @@ def progress_bar(total: float | None, description: str, *, enabled: bool = True)
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as progress:
+    # Off a terminal (a log file, a pipe, a captured stderr) rich cannot animate and would leave one frozen
+    # bar line per stage, which then sits above an error line: keep such streams to results and errors.
+    with Progress(*columns, console=console, transient=not console.is_terminal) as progress:
         task = progress.add_task(description, total=total)
         try:
             yield _Bar(progress, task)
