@@ -46,7 +46,7 @@ A metric with no floor (the classifier JSD) is not graded, and the report says s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -272,6 +272,23 @@ def excess(value: float | None, floor: float | None, floor_sd: float | None) -> 
     if not floor_sd > 0:
         return None
     return float((value - floor) / floor_sd)
+
+
+def combined_excess(entries: Iterable[Mapping[str, Any]], what: str = "separation_power") -> float | None:
+    """Excess of a whole family (all layers of one feature) over its floor: sum(value - floor) / sqrt(sum sd²).
+
+    Grading the *worst* of 45 layers against one layer's floor would flag same-distribution samples
+    often (the largest of 45 noisy values is typically 2-3 spreads up); the summed excess is one test for
+    the family.  Layers without a floor spread are left out; None when none has one.
+    """
+    num, var = 0.0, 0.0
+    for m in entries:
+        value, floor, sd = m.get(what), m.get(f"{what}_floor"), m.get(f"{what}_floor_sd")
+        if value is None or floor is None or not sd or not np.isfinite(value):
+            continue
+        num += value - floor
+        var += sd * sd
+    return num / math.sqrt(var) if var > 0 else None
 
 
 # ------------------------------------------------------------------------------------- FPD and KPD

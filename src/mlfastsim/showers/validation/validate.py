@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +36,7 @@ from mlfastsim.showers.validation.calochallenge import (
 from mlfastsim.showers.validation.classifier import ClassifierConfig, low_level_inputs, train_classifier
 from mlfastsim.showers.validation.metrics import (
     EXCESS_LIMITS,
+    combined_excess,
     compare_histograms,
     compare_profiles,
     compare_samples,
@@ -43,6 +44,7 @@ from mlfastsim.showers.validation.metrics import (
     excess,
     fpd,
     grade,
+    grade_excess,
     kpd,
     reference_split_floor,
     separation_power,
@@ -326,6 +328,7 @@ def run_validation(
     threshold_mev: float | None = None,
     binning_mode: str = "adaptive",
     match: bool = False,
+    draw_figures: bool = True,
 ) -> dict[str, Any]:
     """Compare ``candidate`` with ``reference``; write metrics.json, PNGs and report.html into ``outdir``.
 
@@ -348,7 +351,8 @@ def run_validation(
     True or ``"fast"`` (our quick recipe), ``"calochallenge"`` (the official network and inputs), False
     (none).  ``binning_mode="calochallenge"`` adds every CaloChallenge histogram binned exactly as the
     official code bins it (:mod:`~mlfastsim.showers.validation.calochallenge`).  ``match`` subsamples both
-    samples to the same (energy, angle) points first (:func:`match_conditions`).
+    samples to the same (energy, angle) points first (:func:`match_conditions`).  ``draw_figures=False``
+    skips the PNGs (most of the time on small samples; for scripted studies that only need the numbers).
 
     Showers with no energy make moments undefined: they raise a :class:`DataError` naming the count,
     unless ``exclude_empty`` drops them from both samples (the counts are recorded).  A metric that
@@ -432,7 +436,7 @@ def run_validation(
     }
     if matched is not None:
         metrics["matched_conditions"] = matched
-    n_stages = 6 if recipe else 5
+    n_stages = 3 + bool(recipe) + draw_figures  # observables, metrics, report (+ classifier, plots)
     t0 = time.perf_counter()
     with progress_bar(n_stages, "validate", enabled=progress) as bar:
         with _stage(timings, "observables", bar):
@@ -504,77 +508,78 @@ def run_validation(
                     metrics["classifier"][level] = res.as_dict()
                     roc_curves[level.replace("_", "-")] = (res.roc_fpr, res.roc_tpr, res.auc)
 
-        with _stage(timings, "plots", bar):
+        if draw_figures:
+            with _stage(timings, "plots", bar):
 
-            def add(name: str, fig: Any, caption: str) -> None:
-                figures[name] = plots.save_figure(fig, out / f"{name}.png")
-                captions[name] = caption
+                def add(name: str, fig: Any, caption: str) -> None:
+                    figures[name] = plots.save_figure(fig, out / f"{name}.png")
+                    captions[name] = caption
 
-            add(
-                "profiles",
-                plots.profiles_figure(obs_ref, obs_cand, mesh, labels),
-                "Mean longitudinal and lateral profiles (bands: standard error of the mean).",
-            )
-            add(
-                "moments",
-                plots.moments_figure(obs_ref, obs_cand, labels),
-                "Par04 first and second moments (energy-weighted mean and variance, cell centres), z and r.",
-            )
-            add(
-                "e_ratio",
-                plots.scalar_figure("e_ratio", obs_ref, obs_cand, labels),
-                "Total deposited energy over incident energy.",
-            )
-            add(
-                "response",
-                plots.response_figure(response_ref, response_cand, labels),
-                "Mean response and energy resolution vs incident energy (fit: a/√E ⊕ b, E in GeV).",
-            )
-            add(
-                "n_hits",
-                plots.scalar_figure("n_hits", obs_ref, obs_cand, labels),
-                "Number of cells with energy (occupancy).",
-            )
-            layers = plots.pick_layers(obs_ref["energy_per_layer"].mean(axis=0))
-            add(
-                "energy_per_layer",
-                plots.layer_energy_figure(obs_ref, obs_cand, labels, layers),
-                "Energy per layer before, at and after the shower maximum.",
-            )
-            add(
-                "cell_energy",
-                plots.cell_spectrum_figure(
-                    cells["edges"], cells["counts_reference"], cells["counts_candidate"], labels
-                ),
-                "Cell-energy spectrum above the readout threshold.",
-            )
-            add(
-                "separation_per_layer",
-                plots.separation_per_layer_figure(observables, mesh.n_z),
-                "Separation power of every per-layer CaloChallenge feature; dashed: statistical floor.",
-            )
-            e_show = float(np.median(reference.energies))
-            i_ref, i_cand = _closest_shower(reference, e_show), _closest_shower(candidate, e_show)
-            add(
-                "shower_3d",
-                plots.shower_3d_figure(
-                    reference.grid[i_ref],
-                    candidate.grid[i_cand],
-                    mesh,
-                    labels,
-                    (
-                        f"E_inc = {reference.energies[i_ref] / 1e3:.3g} GeV",
-                        f"E_inc = {candidate.energies[i_cand] / 1e3:.3g} GeV",
-                    ),
-                ),
-                "One shower per sample (the one closest to the reference's median energy).",
-            )
-            if roc_curves:
                 add(
-                    "roc",
-                    plots.roc_figure(roc_curves),
-                    "ROC curves of the classifier tests (evaluation split).",
+                    "profiles",
+                    plots.profiles_figure(obs_ref, obs_cand, mesh, labels),
+                    "Mean longitudinal and lateral profiles (bands: standard error of the mean).",
                 )
+                add(
+                    "moments",
+                    plots.moments_figure(obs_ref, obs_cand, labels),
+                    "Par04 first and second moments (energy-weighted mean and variance, cell centres), z and r.",
+                )
+                add(
+                    "e_ratio",
+                    plots.scalar_figure("e_ratio", obs_ref, obs_cand, labels),
+                    "Total deposited energy over incident energy.",
+                )
+                add(
+                    "response",
+                    plots.response_figure(response_ref, response_cand, labels),
+                    "Mean response and energy resolution vs incident energy (fit: a/√E ⊕ b, E in GeV).",
+                )
+                add(
+                    "n_hits",
+                    plots.scalar_figure("n_hits", obs_ref, obs_cand, labels),
+                    "Number of cells with energy (occupancy).",
+                )
+                layers = plots.pick_layers(obs_ref["energy_per_layer"].mean(axis=0))
+                add(
+                    "energy_per_layer",
+                    plots.layer_energy_figure(obs_ref, obs_cand, labels, layers),
+                    "Energy per layer before, at and after the shower maximum.",
+                )
+                add(
+                    "cell_energy",
+                    plots.cell_spectrum_figure(
+                        cells["edges"], cells["counts_reference"], cells["counts_candidate"], labels
+                    ),
+                    "Cell-energy spectrum above the readout threshold.",
+                )
+                add(
+                    "separation_per_layer",
+                    plots.separation_per_layer_figure(observables, mesh.n_z),
+                    "Separation power of every per-layer CaloChallenge feature; dashed: statistical floor.",
+                )
+                e_show = float(np.median(reference.energies))
+                i_ref, i_cand = _closest_shower(reference, e_show), _closest_shower(candidate, e_show)
+                add(
+                    "shower_3d",
+                    plots.shower_3d_figure(
+                        reference.grid[i_ref],
+                        candidate.grid[i_cand],
+                        mesh,
+                        labels,
+                        (
+                            f"E_inc = {reference.energies[i_ref] / 1e3:.3g} GeV",
+                            f"E_inc = {candidate.energies[i_cand] / 1e3:.3g} GeV",
+                        ),
+                    ),
+                    "One shower per sample (the one closest to the reference's median energy).",
+                )
+                if roc_curves:
+                    add(
+                        "roc",
+                        plots.roc_figure(roc_curves),
+                        "ROC curves of the classifier tests (evaluation split).",
+                    )
 
         with _stage(timings, "report", bar):
             from mlfastsim.showers.validation.report import write_report
@@ -659,7 +664,8 @@ def summary_table(metrics: Mapping[str, Any]) -> Table:
     table = Table(
         title=f"validation: {metrics.get('n_candidate')} candidate vs {metrics.get('n_reference')} "
         f"reference showers, threshold {metrics.get('threshold_mev') or 0:.4g} MeV",
-        caption="grade: excess over the same-vs-same floor in units of its spread; pass <= 3, warn <= 10",
+        caption="grade: excess over the same-vs-same floor in units of its spread; pass <= 3, warn <= 10; "
+        "per-layer features: the summed excess of all layers",
     )
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -693,29 +699,32 @@ def summary_table(metrics: Mapping[str, Any]) -> Table:
             continue
         w = m.get("wasserstein")
         unit = m.get("unit_wasserstein", "")
-        row(f"SP {name}", _fmt_value(m["separation_power"]), _fmt_value(m.get("separation_power_floor"), ".2g"),
+        row(f"SP {name}", _fmt_value(m["separation_power"], ".4g"), _fmt_value(m.get("separation_power_floor"), ".2g"),
             observable_grade(m), "–" if w is None else f"{w:.3g} {unit}".strip())
-    for key in PER_LAYER:
-        prefix = layer_prefix(key)
-        entries = {n: m for n, m in obs.items() if n.startswith(prefix)}
-        if entries:
-            worst = max(entries, key=lambda n: entries[n]["separation_power"])
-            m = entries[worst]
-            row(f"SP {key} (max over layers: {worst[-2:]})", _fmt_value(m["separation_power"]),
-                _fmt_value(m.get("separation_power_floor"), ".2g"), observable_grade(m))
+    def families(source: Mapping[str, Mapping[str, Any]], tag: str) -> None:
+        for key in PER_LAYER:
+            prefix = layer_prefix(key)
+            entries = {n: e for n, e in source.items()
+                       if n.startswith(prefix) and e.get("separation_power") is not None}
+            if entries:
+                worst = max(entries, key=lambda n: entries[n]["separation_power"])
+                m = entries[worst]
+                row(f"SP {key}{tag} ({len(entries)} layers; worst {worst[-2:]})", _fmt_value(m["separation_power"]),
+                    _fmt_value(m.get("separation_power_floor"), ".2g"), family_grade(entries.values()))
+
+    families(obs, "")
     cc = metrics.get("observables_calochallenge")
     if cc:
         m = cc["e_ratio"]
         row("SP E_tot/E_inc (CaloChallenge bins)", _fmt_value(m.get("separation_power")),
             _fmt_value(m.get("separation_power_floor"), ".2g"), observable_grade(m))
-        for key in PER_LAYER:
-            prefix = layer_prefix(key)
-            entries = {n: e for n, e in cc.items() if n.startswith(prefix) and e.get("separation_power") is not None}
-            if entries:
-                worst = max(entries, key=lambda n: entries[n]["separation_power"])
-                m = entries[worst]
-                row(f"SP {key} (CaloChallenge bins, max: {worst[-2:]})", _fmt_value(m["separation_power"]),
-                    _fmt_value(m.get("separation_power_floor"), ".2g"), observable_grade(m))
+        families(cc, ", CaloChallenge bins")
         m = cc["cell_energy"]
-        row("SP cell energy (CaloChallenge bins)", _fmt_value(m.get("separation_power")), "–", "n/a")
+        row("SP cell energy (CaloChallenge bins)", _fmt_value(m.get("separation_power"), ".3g"),
+            _fmt_value(m.get("separation_power_floor"), ".2g"), "n/a")
     return table
+
+
+def family_grade(entries: Iterable[Mapping[str, Any]]) -> str:
+    """One grade for all layers of a per-layer feature: their summed excess over the floors."""
+    return grade_excess(combined_excess(entries))
