@@ -208,3 +208,22 @@ def test_mismatched_conditions_warn_and_can_be_matched(tmp_path: Path) -> None:
     assert np.array_equal(np.sort(r.energies), np.sort(c.energies))
     matched = run_validation(ref, cand, tmp_path / "matched", classifier=False, match=True, draw_figures=False)
     assert matched["warnings"] == [] and matched["matched_conditions"]["kept_candidate"] == 120
+
+
+def test_default_threshold_follows_the_geometry() -> None:
+    from mlfastsim.showers.geometry import GRID_PRESETS
+    from mlfastsim.showers.validation.validate import default_threshold
+
+    ds2 = ShowerData(np.ones(3), np.ones((3, MESH.n_voxels), np.float32), MESH)
+    value, source = default_threshold(ds2, ds2)
+    assert value == pytest.approx(0.5e-3 / 0.033) and "CaloChallenge" in source
+    grid = GRID_PRESETS["hcal48"]
+    simulated = ShowerData(np.ones(2), np.ones((2, grid.n_voxels), np.float32), grid,
+                           meta={"calorimeter": {"name": "steel_scint", "derived": {"threshold_mev": 0.26}}})
+    generated = ShowerData(np.ones(2), np.ones((2, grid.n_voxels), np.float32), grid,
+                           meta={"calorimeter": {"threshold_mev": 0.31}})
+    assert default_threshold(simulated, generated)[0] == 0.26
+    bare = ShowerData(np.ones(2), np.ones((2, grid.n_voxels), np.float32), grid)
+    assert default_threshold(bare, generated)[0] == 0.31
+    value, source = default_threshold(bare, bare)
+    assert value == 0.0 and "--threshold-mev" in source
