@@ -260,35 +260,56 @@ def remove_stale_tmp(directory: str | Path, name: str | None = None) -> list[Pat
     return removed
 
 
-# Ctrl-C that lands inside C code (HDF5) can be swallowed by a library callback; counting SIGINTs lets an
-# atomic write notice one and refuse to publish its output (the CLI then exits 130).
-_SIGINTS = [0]
-_WATCHERS = [0]
+# Ctrl-C that lands inside a library callback (a weakref finaliser, HDF5's dealloc) is "ignored" there and
+# the run would go on to exit 0.  While a long job runs, SIGINT is recorded as well as raised, so loops
+# (check_interrupt) and atomic writes notice a swallowed one and stop; the CLI then exits 130.
+_PENDING = [False]
+_DEPTH = [0]
 
 
 def _on_sigint(signum: int, frame: Any) -> None:
-    _SIGINTS[0] += 1
+    _PENDING[0] = True
     raise KeyboardInterrupt
 
 
+def _quiet_unraisable(previous: Any) -> Any:
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            return  # recorded in _PENDING: acted on at the next check, no traceback storm
+        previous(unraisable)
+
+    return hook
+
+
 @contextlib.contextmanager
-def _watch_interrupts() -> Iterator[None]:
+def watch_interrupts() -> Iterator[None]:
+    """Record Ctrl-C during the block (see :func:`check_interrupt`); a no-op off the main thread or when
+    the application installed its own SIGINT handler."""
+    import sys
+
     installed = False
-    if threading.current_thread() is threading.main_thread():
-        current = signal.getsignal(signal.SIGINT)
-        if current is signal.default_int_handler:
+    if threading.current_thread() is threading.main_thread() and _DEPTH[0] == 0:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            _PENDING[0] = False
             signal.signal(signal.SIGINT, _on_sigint)
+            previous_hook = sys.unraisablehook
+            sys.unraisablehook = _quiet_unraisable(previous_hook)
             installed = True
-        elif current is not _on_sigint:
-            # someone else's handler (an app embedding us): leave it alone
-            pass
-    _WATCHERS[0] += 1
+    _DEPTH[0] += 1
     try:
         yield
     finally:
-        _WATCHERS[0] -= 1
+        _DEPTH[0] -= 1
         if installed:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            sys.unraisablehook = previous_hook
+            _PENDING[0] = False
+
+
+def check_interrupt() -> None:
+    """Raise :class:`KeyboardInterrupt` if a Ctrl-C arrived and was swallowed by a library."""
+    if _PENDING[0] and _DEPTH[0] > 0:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -316,12 +337,10 @@ def atomic_path(destination: str | Path, *, what: str = "output") -> Iterator[Pa
             f"cannot write {what} ({exc.strerror})", file=dest, fix="choose a directory you can write to")) from exc
     os.close(fd)
     tmp = Path(tmp_name)
-    sigints = _SIGINTS[0]
     try:
-        with _watch_interrupts(), translate_fs_errors(dest, what=what, any_errno=False):
+        with watch_interrupts(), translate_fs_errors(dest, what=what, any_errno=False):
             yield tmp
-            if _SIGINTS[0] != sigints:
-                raise KeyboardInterrupt
+            check_interrupt()  # a Ctrl-C swallowed while the block ran: do not publish the file
             if tmp.is_file():
                 # mkstemp creates 0600; give the file the permissions a plain open() would (0666 & ~umask),
                 # so outputs on a shared cluster disk are readable by the group like any other file

@@ -29,6 +29,7 @@ from pydantic import Field
 
 from mlfastsim.core.config import StrictModel
 from mlfastsim.core.errors import ConfigError, MlfastsimError
+from mlfastsim.core.io import check_interrupt, watch_interrupts
 from mlfastsim.core.progress import progress_bar
 from mlfastsim.core.resume import (
     TaskCache,
@@ -134,9 +135,10 @@ def run_tasks(
     if not todo:
         return out
     if workers <= 1 and not scheduler:
-        with progress_bar(len(todo), description, enabled=progress) as bar:
+        with watch_interrupts(), progress_bar(len(todo), description, enabled=progress) as bar:
             for i in todo:
                 out[i] = fn(*tasks[i])
+                check_interrupt()  # a Ctrl-C swallowed inside a library stops the job here
                 if cache is not None:
                     cache.save(i, out[i])
                 bar.advance()
@@ -144,7 +146,7 @@ def run_tasks(
 
     from distributed import as_completed
 
-    with dask_client(workers, scheduler) as client:
+    with watch_interrupts(), dask_client(workers, scheduler) as client:
         name = getattr(fn, "__name__", "task")
         futures = {client.submit(fn, *tasks[i], pure=False, key=f"{name}-{i}"): i for i in todo}
         with progress_bar(len(todo), f"{description} ({'cluster' if scheduler else f'{workers} workers'})",
@@ -155,6 +157,7 @@ def run_tasks(
                     out[i] = fut.result()
                 except MlfastsimError:
                     raise
+                check_interrupt()
                 if cache is not None:
                     cache.save(i, out[i])
                 bar.advance()
@@ -183,6 +186,13 @@ def iter_tasks(
     n = len(tasks)
     if n == 0:
         return
+    with watch_interrupts():
+        yield from _iter_tasks(fn, tasks, workers, scheduler, description, progress, cache, window)
+
+
+def _iter_tasks(fn: Callable[..., T], tasks: Sequence[tuple[Any, ...]], workers: int, scheduler: str | None,
+                description: str, progress: bool, cache: TaskCache | None, window: int | None) -> Iterator[T]:
+    n = len(tasks)
     todo = [i for i in range(n) if cache is None or not cache.has(i)]
     if workers <= 1 and not scheduler:
         with progress_bar(len(todo), description, enabled=progress) as bar:
@@ -190,6 +200,7 @@ def iter_tasks(
                 value = cache.get(i, _MISSING) if cache is not None else _MISSING
                 if value is _MISSING:
                     value = fn(*tasks[i])
+                    check_interrupt()  # a Ctrl-C swallowed inside a library stops the job here
                     if cache is not None:
                         cache.save(i, value)
                     bar.advance()
@@ -225,6 +236,7 @@ def iter_tasks(
                         yield value
                         del value
                         continue
+                check_interrupt()
                 if cache is not None:
                     cache.save(i, value)
                 bar.advance()
