@@ -67,3 +67,32 @@ def test_input_checks(preprocessed: Path, tmp_path: Path) -> None:
     cfg.model.params = {"particle_channel": 8}
     with pytest.raises(ConfigError, match="particle_channel"):
         train_from_config(cfg, progress=False)
+
+
+def test_early_stopping_keeps_the_best_checkpoint(preprocessed: Path, tmp_path: Path) -> None:
+    """A run that overfits stops after ``patience`` evaluations and reports the weights of its best one."""
+    cfg = _cfg(preprocessed, tmp_path / "es", max_steps=200, eval_every=2, checkpoint_every=100,
+               early_stopping_patience=2, learning_rate=0.05)
+    result, summary = train_from_config(cfg, progress=False)
+    assert summary["stopped_early"] and result.step < 200
+    best = load_checkpoint(tmp_path / "es" / "best.pt")
+    assert best["step"] == result.best_step == summary["best_step"]
+    assert best["belle2_model"] == {"kind": "builtin", "name": "particle"}
+    assert summary["best_checkpoint"] == str(tmp_path / "es" / "best.pt")
+
+
+def test_fine_tuning_starts_from_the_pretrained_weights(preprocessed: Path, tmp_path: Path) -> None:
+    _, pre = train_from_config(_cfg(preprocessed, tmp_path / "pre", max_steps=4), progress=False)
+    start = _weights(Path(pre["last_checkpoint"]))
+    cfg = _cfg(preprocessed, tmp_path / "ft", max_steps=1, learning_rate=1e-9)
+    cfg.init_checkpoint = Path(pre["last_checkpoint"])
+    _, ft = train_from_config(cfg, progress=False)
+    tuned = _weights(Path(ft["last_checkpoint"]))
+    # one step at a negligible learning rate: the weights are the pre-trained ones, not a fresh init
+    # (batch-norm running statistics move with any step, whatever the learning rate)
+    params = [k for k in start if "running" not in k and "num_batches" not in k]
+    assert params and all(torch.allclose(start[k], tuned[k], atol=1e-6) for k in params)
+    other = _cfg(preprocessed, tmp_path / "bad", model="decay")
+    other.init_checkpoint = Path(pre["last_checkpoint"])
+    with pytest.raises(ConfigError, match=r"filter"):
+        train_from_config(other, progress=False)

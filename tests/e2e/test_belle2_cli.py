@@ -88,9 +88,19 @@ def test_full_road(cli, road: Path) -> None:
               road / "m_plugin" / "checkpoints" / "step_00000006.pt", "-o", road / "plug.h5")
     assert res.code == 0, res.err
 
-    res = cli("belle2", "evaluate", "--events", road / "test.h5", "--scores", road / "thr.h5", "-o", road / "ev")
+    # fine-tuning starts from another run's weights; a different model is one clear line
+    res = cli(*_train_args(mm, road / "m_ft", "resnet", "--init-checkpoint", ckpt))
     assert res.code == 0, res.err
+    assert_clean_error(cli(*_train_args(mm, road / "m_ft2", "gnn", "--init-checkpoint", ckpt)), str(ckpt),
+                       "init_checkpoint", "-m")
+
+    res = cli("belle2", "evaluate", "--events", road / "test.h5", "--scores", road / "thr.h5", "-o", road / "ev",
+              "--projected-sim-reco-s", "2.5")
+    assert res.code == 0, res.err
+    assert "projected onto 2.5 s/event" in res.out and ("saves time" in res.out or "LOSES time" in res.out)
     metrics = json.loads((road / "ev" / "metrics.json").read_text())
+    assert metrics["projected"]["sim_reco_s_per_event"] == 2.5
+    assert "projected onto 2.5 s/event" in (road / "ev" / "report.md").read_text()
     assert 0.0 <= metrics["auc"] <= 1.0 and metrics["retention_achieved"] >= 0.95
     assert metrics["speedup_at_retention"] > 0 and metrics["times_s_per_event"]["expensive_stage"] > 0
     assert set(metrics["bias"]) >= {"mbc_mev", "n_tracks"}

@@ -37,7 +37,11 @@ from mlfastsim.core.progress import progress_bar
 
 def load_filter(checkpoint: str | Path, model_file: str | Path | None = None
                 ) -> tuple[NNBaseClass, list[str], Vocabulary, dict[str, int]]:
-    """Rebuild a trained filter from its checkpoint (weights_only load)."""
+    """Rebuild a trained filter from its checkpoint (weights_only load); ``pretrained:NAME`` = a shipped one."""
+    from mlfastsim.belle2 import pretrained
+
+    if pretrained.is_pretrained(checkpoint):
+        checkpoint = pretrained.resolve(checkpoint)
     state = load_checkpoint(checkpoint)
     try:
         record = state["belle2_model"]

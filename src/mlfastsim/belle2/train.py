@@ -125,6 +125,8 @@ def train_from_config(cfg: TrainConfig, *, resume: bool | str | Path = False, pr
     dist_utils.init_distributed(device)
     torch.manual_seed(cfg.trainer.seed)
     model: NNBaseClass = build_model(cls, cfg.model.params, sizes, source=str(cfg.model.name)).to(device)
+    if cfg.init_checkpoint is not None:
+        init_from(model, cfg.init_checkpoint, record, vocab)
 
     n = int(arrays["y"].shape[0])
     perm = np.random.default_rng(cfg.trainer.seed).permutation(n)
@@ -162,6 +164,9 @@ def train_from_config(cfg: TrainConfig, *, resume: bool | str | Path = False, pr
                           tracker=tracker, checkpoint_meta=meta, device=device, progress=progress,
                           description=f"train {cls.name or cls.__name__}")
         train_reader.bind(trainer)
+        best_path = outdir / "best.pt"
+        if main and val_rows.size:
+            trainer.add_eval_callback(_keep_best(trainer, best_path))
         t0 = time.perf_counter()
         start_step = 0
         result = None
@@ -181,6 +186,13 @@ def train_from_config(cfg: TrainConfig, *, resume: bool | str | Path = False, pr
             "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
             "n_parameters": int(sum(p.numel() for p in model.parameters())),
         }
+        best = best_path if (val_rows.size and best_path.exists()) else None
+        if best is not None:
+            # the filter to apply is the one with the lowest validation loss, not the last (overfitted) step
+            model.load_state_dict(load_checkpoint(best)["modules"]["model"])
+            summary["best_checkpoint"] = str(best)
+            summary["best_step"] = int(load_checkpoint(best).get("step", 0))
+        summary["stopped_early"] = bool(result.stopped_early)
         if val_rows.size:
             scores, labels = predict_reader(model, val_reader, cfg.trainer.batch_size, device)
             summary["val_auc"] = safe_auc(labels, scores)
@@ -192,6 +204,40 @@ def train_from_config(cfg: TrainConfig, *, resume: bool | str | Path = False, pr
     finally:
         if tracker is not None:
             tracker.close()
+
+
+def init_from(model: nn.Module, path: Path, record: dict[str, str], vocab: Vocabulary) -> None:
+    """Load a pre-trained filter's weights for fine-tuning: same model, same vocabulary, every tensor fits."""
+    state = load_checkpoint(path)
+    if "belle2_model" not in state or "model" not in state.get("modules", {}):
+        raise DataError("not a belle2 filter checkpoint", file=path, field="init_checkpoint",
+                        fix="pass a checkpoint written by 'mlfastsim belle2 train' (e.g. OUT/best.pt)")
+    if state["belle2_model"] != record:
+        raise ConfigError(f"the checkpoint is a {state['belle2_model']} filter, this run trains {record}", file=path,
+                          field="init_checkpoint", fix="fine-tune with the pre-trained run's model (-m)")
+    if state.get("vocab") != vocab.to_json():
+        raise DataError("the checkpoint's token vocabulary differs from these inputs'", file=path,
+                        field="init_checkpoint", fix="preprocess the fine-tuning data with the same decay table")
+    try:
+        model.load_state_dict(state["modules"]["model"])
+    except RuntimeError as exc:
+        raise ConfigError(f"weights do not fit ({str(exc).splitlines()[0][:120]})", file=path,
+                          field="init_checkpoint", fix="use the pre-trained run's model.params") from exc
+
+
+def _keep_best(trainer: Trainer, path: Path) -> Any:
+    """Eval callback: write ``best.pt`` whenever the validation loss improves (rank 0).
+
+    Early stopping ends a run ``patience`` evaluations *after* the best one, so the last checkpoint is
+    already past the minimum; ``best.pt`` is the one to apply (and what the summary's AUC is measured on).
+    """
+    from mlfastsim.core.checkpoint import save_checkpoint
+
+    def callback(step: int, val: dict[str, float]) -> None:
+        if trainer.best_step == step:
+            save_checkpoint(path, trainer.state_dict())
+
+    return callback
 
 
 @torch.no_grad()

@@ -306,7 +306,11 @@ def _plot(outdir: Path, rows: list[dict[str, float]], pred: Predictions, events:
 
 # ------------------------------------------------------------------------------------------- checkpoints
 def resolve_checkpoint(path: Path, field: str) -> Path:
-    """A checkpoint file, or a run directory whose latest checkpoint is meant."""
+    """A checkpoint file, a run directory whose latest checkpoint is meant, or ``pretrained:NAME`` (shipped)."""
+    from mlfastsim.lartpc import pretrained
+
+    if pretrained.is_pretrained(path):
+        return pretrained.resolve(path, field)
     p = Path(path)
     if p.is_dir():
         found = latest_checkpoint(p / "checkpoints") or latest_checkpoint(p)
