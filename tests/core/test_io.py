@@ -192,3 +192,31 @@ def test_run_names_cannot_leave_their_folder(name: str) -> None:
 
     with pytest.raises(ConfigError, match="not a plain folder name"):
         load_config(TrackingConfig, cli={"run_name": name})
+
+
+def test_guarded_hdf5_write_on_a_full_disk_is_one_clean_error(tmp_path: Path) -> None:
+    """HDF5 never sees the failure (no error storm, no segfault at exit); Python gets one OutputError."""
+    import errno
+
+    from mlfastsim.core.io import guarded_h5
+
+    class FullAfter:
+        def __init__(self, fh, limit: int) -> None:
+            self.fh, self.limit = fh, limit
+
+        def write(self, data) -> int:
+            if self.fh.tell() + memoryview(data).nbytes > self.limit:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.fh.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+    dest = tmp_path / "big.h5"
+    with pytest.raises(OutputError, match="no space left"), atomic_path(dest) as tmp, guarded_h5(tmp) as (f, guard):
+        guard._fh = FullAfter(guard._fh, 50_000)
+        ds = f.create_dataset("x", shape=(100, 1000), dtype="f4", chunks=(10, 1000))
+        for lo in range(0, 100, 10):
+            ds[lo : lo + 10] = np.ones((10, 1000), "f4")
+            guard.check()
+    assert list(tmp_path.iterdir()) == []

@@ -212,6 +212,17 @@ def _no_litter(c: Ctx) -> None:
     assert left == [], left
 
 
+def sim_output_fills(c: Ctx) -> list[str]:
+    """The cache chunks fit (52 kB each), the streamed output does not: HDF5 must not crash (exit 139)."""
+    return ["showers", "simulate", "--energy-gev", "10", "--n-per-point", "200", "--chunk-size", "2", "-o",
+            str(c.tmp / "out.h5")]
+
+
+def _resumable(c: Ctx) -> None:
+    _no_litter(c)
+    assert len(list((c.tmp / ".out.h5.parts").glob("task_*.npz"))) > 0  # kept: a rerun resumes from them
+
+
 def produce_disk_fills(c: Ctx) -> list[str]:
     return ["belle2", "produce", "-n", "200", "--chunk-size", "100", "-o", str(c.tmp / "out.h5")]
 
@@ -329,6 +340,8 @@ CASES: dict[str, Case] = {
     "belle2 produce -o DIR": Case(produce_to_directory, 2, ("existing directory",)),
     "simulate -o special file": Case(sim_to_fifo, 2, ("not a regular file",)),
     "disk fills up (ulimit -f)": Case(sim_disk_fills, 2, ("file too large", "fix:"), _no_litter, fsize_limit=20_000),
+    "disk fills during the streamed output": Case(sim_output_fills, 2, ("file too large", "out.h5"), _resumable,
+                                                  fsize_limit=120_000),
     "belle2 produce: disk fills up": Case(produce_disk_fills, 2, ("file too large",), _no_litter, fsize_limit=30_000),
     "belle2 preprocess: disk fills up": Case(preprocess_disk_fills, 2, ("file too large",), _no_arrays,
                                              fsize_limit=30_000),

@@ -377,6 +377,98 @@ def atomic_h5(destination: str | Path, *, what: str = "output") -> Iterator[h5py
     atomic_write_bytes(dest, image)
 
 
+class GuardedFile:
+    """The file object under an HDF5 file (h5py's ``fileobj`` driver) that never fails inside HDF5.
+
+    HDF5 cannot recover from a failed write: its dirty metadata cannot be flushed, closing fails, and a
+    failure inside an object's dealloc (a dataset flushing its chunk cache) is swallowed, leaving the
+    library in a state that segfaults at exit (exit 139 on a full disk).  Here a failing write is
+    *recorded* and every write from then on is discarded as if it succeeded, so HDF5 stays consistent
+    and closes cleanly; the caller checks :meth:`check` after each step it writes and at the end, and
+    raises the recorded error from Python (the temporary file is removed by :func:`atomic_path`).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._fh = open(path, "w+b")  # closed by guarded_h5
+        self.error: OSError | None = None
+
+    def check(self) -> None:
+        """Raise the first recorded write failure, if any."""
+        if self.error is not None:
+            raise self.error
+
+    def _fail(self, exc: OSError) -> None:
+        if self.error is None:
+            self.error = exc
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def read(self, size: int = -1) -> bytes:
+        return self._fh.read(size)
+
+    def readinto(self, buf: Any) -> int:
+        n = self._fh.readinto(buf)
+        view = memoryview(buf).cast("B")
+        if n < len(view):  # bytes never written (discarded after a failure): HDF5 sees zeros, not a short read
+            view[n:] = b"\0" * (len(view) - n)
+        return len(view)
+
+    def write(self, data: Any) -> int:
+        n = memoryview(data).nbytes
+        if self.error is None:
+            try:
+                self._fh.write(data)
+            except OSError as exc:
+                self._fail(exc)
+        return n
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                self._fh.truncate(size)
+            except OSError as exc:
+                self._fail(exc)
+        return self._fh.tell() if size is None else size
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self._fh.flush()
+            except OSError as exc:
+                self._fail(exc)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._fh.close()
+
+
+@contextlib.contextmanager
+def guarded_h5(path: str | Path, **kwargs: Any) -> Iterator[tuple[h5py.File, GuardedFile]]:
+    """``h5py.File(path, "w", **kwargs)`` over a :class:`GuardedFile`: disk failures end in one clean
+    :class:`OSError` (an :class:`OutputError` through :func:`atomic_path`), never in an HDF5 error
+    storm or a segfault.  Yields the file and its guard; call ``guard.check()`` after each write step.
+
+    For large outputs streamed to disk (memory stays flat); small ones can use :func:`atomic_h5`.
+    """
+    guard = GuardedFile(Path(path))
+    try:
+        try:
+            with h5py.File(guard, "w", **kwargs) as f:
+                yield f, guard
+        except BaseException as exc:
+            if guard.error is not None and not isinstance(exc, KeyboardInterrupt):
+                raise guard.error from exc
+            raise
+        guard.flush()
+        guard.check()
+    finally:
+        guard.close()
+
+
 def atomic_write_bytes(destination: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``destination`` atomically."""
     with atomic_path(destination) as tmp:

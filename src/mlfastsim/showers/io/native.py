@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from mlfastsim.core.errors import ConfigError, DataError, InputFileError
-from mlfastsim.core.io import atomic_path, check_h5_dataset, open_h5
+from mlfastsim.core.io import atomic_path, check_h5_dataset, guarded_h5, open_h5
 from mlfastsim.showers.geometry import (
     MESH_PRESETS,
     CartesianGrid,
@@ -177,8 +177,10 @@ class NativeWriter:
     The per-shower totals are kept (four bytes a shower) for the summary a command prints.
     """
 
-    def __init__(self, f: h5py.File, path: Path, n: int, n_voxels: int) -> None:
+    def __init__(self, f: h5py.File, path: Path, n: int, n_voxels: int,
+                 check: Callable[[], None] = lambda: None) -> None:
         self._f = f
+        self._check = check  # raises a write failure the file layer recorded (a full disk)
         self.path = path
         self.n = n
         self.n_voxels = n_voxels
@@ -200,6 +202,7 @@ class NativeWriter:
         self._f["showers"][lo : lo + rows.shape[0]] = rows
         self.totals[lo : lo + rows.shape[0]] = rows.sum(axis=1)
         self.written = lo + rows.shape[0]
+        self._check()
 
 
 @contextlib.contextmanager
@@ -226,7 +229,9 @@ def native_writer(path: str | Path, *, mesh: Mesh, energies: np.ndarray, angles:
     chunk_bytes = chunk_rows * mesh.n_voxels * 4
     kw: dict[str, Any] = {"compression": compression} if compression else {}
     with atomic_path(p) as tmp:
-        with h5py.File(tmp, "w", rdcc_nbytes=3 * chunk_bytes + (1 << 20), rdcc_nslots=10007, rdcc_w0=1.0) as f:
+        # guarded: a full disk mid-stream is one clean error, never an HDF5 error storm or a segfault
+        with guarded_h5(tmp, rdcc_nbytes=3 * chunk_bytes + (1 << 20), rdcc_nslots=10007,
+                        rdcc_w0=1.0) as (f, guard):
             f.create_dataset("incident_energies", data=energies.reshape(-1, 1), **kw)
             f.create_dataset("showers", shape=(n, mesh.n_voxels), dtype=np.float32,
                              chunks=(chunk_rows, mesh.n_voxels), **kw)
@@ -236,7 +241,7 @@ def native_writer(path: str | Path, *, mesh: Mesh, energies: np.ndarray, angles:
             f.attrs["geometry"] = json.dumps(mesh.to_dict())
             if meta:
                 f.attrs["meta"] = json.dumps(meta, default=str)
-            writer = NativeWriter(f, p, n, mesh.n_voxels)
+            writer = NativeWriter(f, p, n, mesh.n_voxels, guard.check)
             yield writer
             if writer.written != n:
                 raise DataError(f"only {writer.written} of {n} showers were written", file=p, field="showers",
