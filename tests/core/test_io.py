@@ -124,9 +124,9 @@ def test_stale_tmp_of_a_dead_writer_is_removed(tmp_path: Path) -> None:
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f".out.h5.abc123.{_host_tag()}-{dead.pid}.tmp"
-    live = tmp_path / f".out.h5.def456.{_host_tag()}-{os.getppid()}.tmp"
-    foreign = tmp_path / f".out.h5.ghi789.otherhost-{dead.pid}.tmp"
+    stale = tmp_path / f".out.h5.abc12345.{_host_tag()}-{dead.pid}.tmp"
+    live = tmp_path / f".out.h5.def45678.{_host_tag()}-{os.getppid()}.tmp"
+    foreign = tmp_path / f".out.h5.ghi78901.otherhost-{dead.pid}.tmp"
     legacy = tmp_path / ".out.h5.k2j3h4g5.tmp"
     for p in (stale, live, foreign, legacy):
         p.write_bytes(b"x")
@@ -220,3 +220,15 @@ def test_guarded_hdf5_write_on_a_full_disk_is_one_clean_error(tmp_path: Path) ->
             ds[lo : lo + 10] = np.ones((10, 1000), "f4")
             guard.check()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_lock_holder_removes_only_its_own_outputs_temporaries(tmp_path: Path) -> None:
+    from mlfastsim.core.io import _host_tag, remove_stale_tmp
+
+    mine = tmp_path / f".run.abcd1234.{_host_tag()}-{os.getpid()}.tmp"
+    legacy = tmp_path / ".run.k2j3h4g5.tmp"
+    other = tmp_path / f".run.h5.abcd1234.{_host_tag()}-{os.getpid()}.tmp"  # output "run.h5", not "run"
+    for p in (mine, legacy, other):
+        p.write_bytes(b"x")
+    assert sorted(remove_stale_tmp(tmp_path, name="run")) == sorted([mine, legacy])
+    assert other.exists()

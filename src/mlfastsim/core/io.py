@@ -247,7 +247,10 @@ def remove_stale_tmp(directory: str | Path, name: str | None = None) -> list[Pat
         n = entry.name
         if not (n.startswith(".") and n.endswith(".tmp")):
             continue
-        stale = name is not None and n.startswith(f".{name}.")
+        # mkstemp's 8 random characters, then our owner tag (absent on old-style names): exactly this
+        # output's temporaries, not those of ".{name}.other" written by another job
+        stale = name is not None and re.fullmatch(
+            rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}(\.[A-Za-z0-9_]+-\d+)?\.tmp", n) is not None
         if not stale:
             m = _TMP_OWNER.search(n)
             stale = bool(m and m.group(1) == _host_tag() and int(m.group(2)) != os.getpid()
