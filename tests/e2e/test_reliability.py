@@ -249,6 +249,16 @@ def make_batches_disk_fills(c: Ctx) -> list[str]:
     return [*batches, "-o", str(c.tmp / "xy")]
 
 
+def lartpc_simulate_disk_fills(c: Ctx) -> list[str]:
+    (c.tmp / "sim.yaml").write_text(yaml.safe_dump(LARTPC_SIM))
+    assert c.cli("lartpc", "simulate", "-c", str(c.tmp / "sim.yaml"), "-o", str(c.tmp / "warm")).code == 0
+    return ["lartpc", "simulate", "-c", str(c.tmp / "sim.yaml"), "-o", str(c.tmp / "parsed")]
+
+
+def _no_parsed(c: Ctx) -> None:
+    assert not list((c.tmp / "parsed").glob("*.h5")) and not list(c.tmp.rglob("*.tmp"))
+
+
 def _no_xy(c: Ctx) -> None:
     assert not list((c.tmp / "xy").glob("*")), list((c.tmp / "xy").glob("*"))
 
@@ -347,6 +357,8 @@ CASES: dict[str, Case] = {
                                              fsize_limit=30_000),
     "lartpc make-batches: disk fills up": Case(make_batches_disk_fills, 2, ("file too large",), _no_xy,
                                                fsize_limit=8_000),
+    "lartpc simulate: disk fills up": Case(lartpc_simulate_disk_fills, 2, ("file too large",), _no_parsed,
+                                           fsize_limit=8_000),
     "convert of a 0-shower file": Case(convert_zero_showers, 2, ("no showers",), _no_cc),
     "impossible detector material": Case(impossible_material, 2, ("must be a finite number > 0",), _nothing_written),
     "NaN detector thickness": Case(nan_thickness, 2, ("thicknesses must be finite",), _nothing_written),

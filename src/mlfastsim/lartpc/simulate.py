@@ -22,12 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 from pydantic import Field
 
 from mlfastsim.core.config import StrictModel
-from mlfastsim.core.io import atomic_path, ensure_writable_dir
+from mlfastsim.core.io import atomic_h5, ensure_writable_dir
 from mlfastsim.core.parallel import ParallelConfig, run_tasks
 from mlfastsim.lartpc.geometry import N_PLANES, TPCGeometry
 
@@ -224,7 +223,7 @@ def readout(waveforms: list[np.ndarray], noise: float, threshold: float, rng: np
 def write_parsed(path: Path, waveforms: list[np.ndarray], coords: np.ndarray | None, charge: np.ndarray | None,
                  g: TPCGeometry, *, event_id: int, tpc_id: int, tpc_index: int, threshold: float) -> None:
     """One parsed file: X = waveforms per plane, Y = true voxel charge (absent for real data)."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_h5(path) as f:  # built in memory: a full disk fails cleanly in one plain write
         f.attrs.update({"version": PARSED_VERSION, "event_id": event_id, "tpc_id": tpc_id, "tpc_index": tpc_index,
                         "geometry": g.to_json(), "threshold_mev": threshold})
         for p, w in enumerate(waveforms):
