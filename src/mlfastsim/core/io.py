@@ -290,8 +290,11 @@ def watch_interrupts() -> Iterator[None]:
     the application installed its own SIGINT handler."""
     import sys
 
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
     installed = False
-    if threading.current_thread() is threading.main_thread() and _DEPTH[0] == 0:
+    if _DEPTH[0] == 0:
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             _PENDING[0] = False
             signal.signal(signal.SIGINT, _on_sigint)
@@ -311,7 +314,7 @@ def watch_interrupts() -> Iterator[None]:
 
 def check_interrupt() -> None:
     """Raise :class:`KeyboardInterrupt` if a Ctrl-C arrived and was swallowed by a library."""
-    if _PENDING[0] and _DEPTH[0] > 0:
+    if _PENDING[0] and _DEPTH[0] > 0 and threading.current_thread() is threading.main_thread():
         raise KeyboardInterrupt
 
 
