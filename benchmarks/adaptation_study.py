@@ -46,7 +46,7 @@ from mlfastsim.core.trainer import SupervisedTask, Trainer, TrainerConfig, make_
 from mlfastsim.showers.conditioning.em import load_training_data
 from mlfastsim.showers.config import AdaptConfig, DataConfig, SimulateConfig, TrainConfig, VAEConfig
 from mlfastsim.showers.io.formats import ShowerData, read_native
-from mlfastsim.showers.models import build_model, get_model_spec, load_model, model_meta
+from mlfastsim.showers.models import MODELS, checkpoint_meta, load_model
 from mlfastsim.showers.pipeline import simulate_to_file
 from mlfastsim.showers.pretrained import pretrained_path
 from mlfastsim.showers.training.meta import (
@@ -81,13 +81,14 @@ def _scratch_with_init(file: Path, model_cfg: VAEConfig, steps: int, out: Path, 
     data = load_training_data(DataConfig(files=[file]))
     (x_tr, c_tr), (x_val, c_val) = split_train_val((data.x, data.c), 0.1, seed)
     torch.manual_seed(seed)
-    model = build_model(model_cfg, data.mesh, DataConfig().conditioning)
+    spec = MODELS["vae"]
+    model = spec.build_modules(model_cfg, data.norm)["model"]
     init_output_bias(model, x_tr)
     cfg = TrainerConfig(max_steps=steps, batch_size=BATCH, learning_rate=LR, eval_every=max(steps // 10, 1),
                         checkpoint_every=steps, seed=seed)
-    task = SupervisedTask(model, get_model_spec("vae").loss, make_optimizer(model.parameters(), cfg))
+    task = SupervisedTask(model, spec.loss, make_optimizer(model.parameters(), cfg))
     trainer = Trainer(task, cfg, out, train_data=(x_tr, c_tr), val_data=(x_val, c_val), progress=False,
-                      checkpoint_meta=model_meta(model_cfg, data.mesh, DataConfig().conditioning))
+                      checkpoint_meta=checkpoint_meta(spec, model_cfg, data.norm))
     result = trainer.fit()
     assert result.last_checkpoint is not None
     return result.last_checkpoint, result.seconds
@@ -95,8 +96,7 @@ def _scratch_with_init(file: Path, model_cfg: VAEConfig, steps: int, out: Path, 
 
 def _evaluate(checkpoint: Path, reference: ShowerData, out: Path, threads: int, classifier: bool) -> dict[str, Any]:
     loaded = load_model(checkpoint)
-    candidate = sample_like(loaded.model, reference, geometry_index=0, conditioning=loaded.conditioning, seed=1,
-                            threshold_mev=CELL_ENERGY_MIN_MEV)
+    candidate = sample_like(loaded, reference, geometry_index=0, seed=1, threshold_mev=CELL_ENERGY_MIN_MEV)
     sp = separation_powers(reference, candidate)
     res: dict[str, Any] = {"sp": sp, "mean_sp": mean_main_separation_power(sp)}
     if classifier:

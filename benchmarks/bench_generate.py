@@ -37,6 +37,7 @@ import torch
 
 from mlfastsim.core.checkpoint import save_checkpoint
 from mlfastsim.core.export import OnnxRunner, make_session
+from mlfastsim.showers.conditioning.em import EMNormalisation
 from mlfastsim.showers.config import ConditioningConfig, ExportConfig, VAEConfig
 from mlfastsim.showers.geometry import MESH_PRESETS
 from mlfastsim.showers.inference.export import (
@@ -47,10 +48,11 @@ from mlfastsim.showers.inference.export import (
     random_generator_inputs,
 )
 from mlfastsim.showers.inference.generate import OnnxGenerator, generate, load_onnx_generator
-from mlfastsim.showers.models import build_model, model_meta
+from mlfastsim.showers.models import MODELS, checkpoint_meta
 
 MESH = MESH_PRESETS["par04"]
 COND = ConditioningConfig()
+NORM = EMNormalisation(MESH, COND)
 TARGET_MS = 0.1
 TARGET_GEMM_FRACTION = 0.5
 
@@ -129,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
         vae = VAEConfig()
-        model = build_model(vae, MESH, COND)
+        model = MODELS["vae"].build_modules(vae, NORM)["model"]
         ckpt = save_checkpoint(Path(tmp) / "step_00000000.pt",
-                               {"modules": {"model": model.state_dict()}, **model_meta(vae, MESH, COND)})
+                               {"modules": {"model": model.state_dict()}, **checkpoint_meta(MODELS["vae"], vae, NORM)})
         onnx_path = export_onnx(ExportConfig(checkpoint=ckpt, onnx_file_name=Path(tmp) / "model.onnx"),
                                 num_threads=args.threads)
         loaded = load_generator_model(ckpt)

@@ -37,7 +37,7 @@ from mlfastsim.core.config import dump_config, load_config
 from mlfastsim.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from mlfastsim.showers.config import MetaConfig, SimulateConfig
 from mlfastsim.showers.io.formats import ShowerData, read_native
-from mlfastsim.showers.models import get_model_spec, load_model
+from mlfastsim.showers.models import load_model
 from mlfastsim.showers.pipeline import simulate_to_file
 from mlfastsim.showers.pretrained import sha256_file
 from mlfastsim.showers.training.meta import (
@@ -106,13 +106,13 @@ def measure(model_path: Path, cfg: MetaConfig, work: Path, *, classifier: bool) 
     loaded = load_model(model_path)
     model = loaded.model.eval()
     tasks, _ = load_tasks(cfg.data, seed=cfg.seed)
-    losses = task_losses(model, tasks, get_model_spec(loaded.model_type).loss)
+    losses = task_losses(model, tasks, loaded.spec.loss)
     out: dict[str, Any] = {"val_loss": losses, "held_out": {}}
     for (detector, seed), task in zip(GEOMETRIES, tasks, strict=True):
         path = simulate(detector, N_HELD_OUT, seed + 100, work / f"{detector}_held_out.h5")
         reference = read_native(path)
-        candidate = sample_like(model, reference, geometry_index=task.slot, conditioning=loaded.conditioning,
-                                seed=1, threshold_mev=CELL_ENERGY_MIN_MEV)
+        candidate = sample_like(loaded, reference, geometry_index=task.slot, seed=1,
+                                threshold_mev=CELL_ENERGY_MIN_MEV)
         sp = separation_powers(reference, candidate)
         entry: dict[str, Any] = {"slot": task.slot, "n": len(reference), "separation_power": sp,
                                  "mean_main_separation_power": mean_main_separation_power(sp)}

@@ -18,7 +18,7 @@ import torch
 
 from mlfastsim.core import distributed as dist_utils
 from mlfastsim.core.trainer import Trainer, TrainerConfig
-from tests.showers.test_hadron_models import _task, toy_showers, weights_hash
+from tests.showers.models.test_hadron_models import _task, toy_showers, weights_hash
 
 TASKS = ("wgan", "bibae", "postprocess")
 

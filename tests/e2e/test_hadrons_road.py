@@ -75,7 +75,8 @@ def test_generate_validate_export_round_trip(road: Path, tmp_path: Path, model: 
     onnx = tmp_path / "m.onnx"
     assert _run("showers", "export", "--checkpoint", ckpt, "--onnx-file-name", onnx) == 0
     side = json.loads(onnx.with_suffix(".json").read_text())
-    assert side["format"] == "mlfastsim-hadron-onnx" and side["mesh"]["n_x"] == 7
+    assert side["format"] == "mlfastsim-onnx-generator" and side["mesh"]["n_x"] == 7
+    assert side["model_type"] in ("wgan", "postprocess")
     gen_onnx = tmp_path / "gen_onnx.h5"
     assert _run("showers", "generate", "--onnx", onnx, "--energy-gev", "20,50", "--n-per-point", "30",
                 "--seed", "5", "-o", gen_onnx) == 0

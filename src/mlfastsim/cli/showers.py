@@ -219,50 +219,20 @@ def _device_cli(gpu_ids: str | None, max_mem: int | None, threads: int | None) -
             "device.num_threads": threads}
 
 
-def _peek_model_type(config: Path | None, set_: list[str] | None, model_type: str | None) -> str | None:
-    """The model type a training run asks for (CLI > --set > YAML), to pick the EM or the hadron config.
-
-    Anything unreadable is left to ``load_config``, which reports it properly.
-    """
-    if model_type is not None:
-        return model_type
-    for item in reversed(set_ or []):
-        key, _, value = item.partition("=")
-        if key.strip() == "model.type":
-            return value.strip()
-    if config is not None and config.is_file():
-        import yaml
-
-        try:
-            doc = yaml.safe_load(config.read_text())
-        except (yaml.YAMLError, OSError, UnicodeDecodeError):
-            return None
-        model = doc.get("model") if isinstance(doc, dict) else None
-        if isinstance(model, dict) and isinstance(model.get("type"), str):
-            return model["type"]
-    return None
-
-
 def _train(config: Path | None, set_: list[str] | None, resume: bool, model_type: str | None,
            data: list[Path] | None, output_dir: Path | None, device_cli: dict[str, object]) -> None:
-    from mlfastsim.showers.hadron_training import HADRON_MODELS, HadronTrainConfig, is_hadron_model, train_hadrons
+    """``showers train`` for every model type: the registry entry named by ``model.type`` does the rest."""
+    from mlfastsim.showers.config import TrainConfig
     from mlfastsim.showers.models import MODELS
+    from mlfastsim.showers.training.train import train_from_config
 
-    wanted = _peek_model_type(config, set_, model_type)
-    if model_type is not None and model_type not in MODELS and not is_hadron_model(model_type):
+    if model_type is not None and model_type not in MODELS:
         raise ConfigError(f"unknown model type {model_type!r}", field="--model-type",
-                          fix=f"use one of {', '.join([*MODELS, *HADRON_MODELS])}")
+                          fix=f"use one of {', '.join(MODELS)} (`mlfastsim showers models` describes them)")
     cli = {"model.type": model_type, "data.files": [str(p) for p in data] if data else None,
            "output_dir": output_dir, **device_cli}
-    if is_hadron_model(wanted):
-        cfg = load_config(HadronTrainConfig, config, cli=cli, overrides=set_ or [])
-        result = train_hadrons(cfg, resume=resume)
-    else:
-        from mlfastsim.showers.config import TrainConfig
-        from mlfastsim.showers.training.train import train_from_config
-
-        cfg = load_config(TrainConfig, config, cli=cli, overrides=set_ or [])
-        result = train_from_config(cfg, resume=resume)
+    cfg = load_config(TrainConfig, config, cli=cli, overrides=set_ or [])
+    result = train_from_config(cfg, resume=resume)
     if dist_utils.is_main():
         console.print(f"[green]done[/] step {result.step}, best val loss {result.best_val_loss:.4g} at step "
                       f"{result.best_step} ({result.seconds:.1f} s); checkpoint {result.last_checkpoint}")
@@ -270,7 +240,7 @@ def _train(config: Path | None, set_: list[str] | None, resume: bool, model_type
 
 
 ModelTypeOpt = Annotated[
-    str | None, typer.Option("--model-type", help="vae (EM), or wgan, bibae, postprocess, regressor (hadrons).")
+    str | None, typer.Option("--model-type", help="A registered model type (`showers models` lists them).")
 ]
 TrainDataOpt = Annotated[list[Path] | None, typer.Option("--data", help="Training file(s).")]
 OutDirOpt = Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run directory.")]
@@ -469,6 +439,21 @@ def tune(
     else:
         console.print(f"[green]best[/] {cfg.metric} = {summary['best_value']:.4g} with {summary['best_params']}")
         console.print(f"best config: {cfg.output_dir / 'best_config.yaml'}")
+
+
+@app.command()
+def models() -> None:
+    """List the registered model types, their data and the commands each supports."""
+    from mlfastsim.showers.models import MODELS
+    from mlfastsim.showers.models.contract import COMMANDS
+
+    table = Table(title="Model types (model.type / --model-type)")
+    for col in ("type", "description", "data", "commands"):
+        table.add_column(col)
+    for name, spec in MODELS.items():
+        table.add_row(name, spec.description, spec.data_config.__name__,
+                      ", ".join(c for c in COMMANDS if spec.supports(c)))
+    console.print(table)
 
 
 @app.command()

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from mlfastsim.core.config import StrictModel
+from mlfastsim.core.config import ConfigValueError, StrictModel
 from mlfastsim.core.devices import DeviceConfig
 from mlfastsim.core.parallel import ParallelConfig
 from mlfastsim.core.tracking import TrackingConfig
 from mlfastsim.core.trainer import TrainerConfig
+from mlfastsim.showers.conditioning.em import ConditioningConfig, DataConfig
+from mlfastsim.showers.models import MODELS
+from mlfastsim.showers.models.vae import VAEConfig
+
+__all__ = ["AdaptConfig", "ConditioningConfig", "ConvertConfig", "DataConfig", "ExportConfig", "GenerateConfig",
+           "MetaConfig", "SimulateConfig", "TrainConfig", "VAEConfig", "ValidateConfig"]
 
 
 class SimulateConfig(StrictModel):
@@ -90,49 +96,66 @@ class ValidateConfig(StrictModel):
 
 
 # ------------------------------------------------------------------------------------ MetaHEP road
-class ConditioningConfig(StrictModel):
-    """How a shower is conditioned (Par04/MetaHEP): E/MAX_ENERGY, angle/MAX_ANGLE, geometry one-hot."""
+def _data_for_model(data: Any, info: ValidationInfo) -> Any:
+    """Validate the ``data:`` section as the data config of the model type the ``model:`` section names.
 
-    max_energy_gev: float = Field(1000.0, gt=0)
-    max_angle_deg: float = Field(90.0, gt=0)
-    n_geometry_slots: int = Field(3, ge=1)
-
-
-class DataConfig(StrictModel):
-    """Training data: native shower files, each with the one-hot slot of its geometry.
-
-    ``geometry_index[i]`` is the one-hot slot of ``files[i]``; a new geometry being adapted uses slot 0
-    ([1, 0, 0], as in MetaHEP).  Missing indices default to 0, 1, 2... in file order.
+    The families read different data (a cylindrical mesh with geometry slots, a Cartesian grid with a crop),
+    and the model type decides which; the union in the annotation lets ``--set data.KEY=...`` accept the
+    keys of every family.  A wrong key is reported as ``data.KEY`` for that model type.
     """
+    model = info.data.get("model")
+    spec = MODELS.get(str(getattr(model, "type", "vae")))
+    if spec is None or isinstance(data, spec.data_config):
+        return data
+    if isinstance(data, BaseModel):
+        data = data.model_dump()
+    try:
+        return spec.data_config.model_validate(data if data is not None else {})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise ConfigValueError(f"unknown key data.{key} for a {spec.name!r} model",
+                                   fix=f"use the keys of {spec.data_config.__name__} (see configs/)") from None
+        raise ConfigValueError(f"data.{key}: {err['msg']} (got {err.get('input')!r})",
+                               fix="give a value of the right type") from None
 
-    files: list[Path] = Field(default_factory=list)
-    geometry_index: list[int] | None = None
-    max_showers_per_file: int | None = Field(None, ge=1)
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    conditioning: ConditioningConfig = ConditioningConfig()
+
+def _default_model_type(model: Any) -> Any:
+    """A ``model:`` section without ``type`` is the VAE's, as before there were several model types."""
+    if isinstance(model, dict) and "type" not in model:
+        return {**model, "type": "vae"}
+    return model
 
 
-class VAEConfig(StrictModel):
-    """The Par04 VAE: encoder 100-50-20-14 with batch norm and leaky ReLU, latent 10, mirrored decoder."""
+def _union(configs: list[type[BaseModel]]) -> Any:
+    """A ``type``-discriminated union of model configs (one member needs no union)."""
+    if len(configs) == 1:
+        return configs[0]
+    return Annotated[Union[tuple(configs)], Field(discriminator="type")]  # noqa: UP007  (built at run time)
 
-    type: Literal["vae"] = "vae"
-    encoder_sizes: list[int] = Field(default_factory=lambda: [100, 50, 20, 14])
-    latent_dim: int = Field(10, ge=1)
-    batch_norm: bool = True
-    leaky_relu_slope: float = 0.01
-    kl_weight: float = Field(1.0, ge=0.0)
+
+#: the ``model:`` section of ``showers train``/``tune``: any registered model type
+ModelConfig = _union([spec.config for spec in MODELS.values()])
+#: the ``data:`` section: any family's data config (picked by the model type, see :func:`_data_for_model`)
+AnyDataConfig = Union[tuple(dict.fromkeys(spec.data_config for spec in MODELS.values()))]  # noqa: UP007
+#: the ``model:`` section of ``showers meta-train``: model types that support it
+MetaModelConfig = _union([spec.config for spec in MODELS.values() if spec.supports("meta-train")])
 
 
 class TrainConfig(StrictModel):
-    """``showers train``: plain conditional training on one or several geometries."""
+    """``showers train``: any registered model type on its family's data (one or several geometries)."""
 
-    data: DataConfig = DataConfig()
-    model: VAEConfig = VAEConfig()
+    model: ModelConfig = Field(default_factory=VAEConfig)  # type: ignore[valid-type]  (first: data depends on it)
+    data: AnyDataConfig = Field(default_factory=DataConfig)  # type: ignore[valid-type]
     trainer: TrainerConfig = TrainerConfig()
     device: DeviceConfig = DeviceConfig()
     tracking: TrackingConfig = TrackingConfig()
     output_dir: Path = Path("runs/train")
-    transfer_from: Path | None = None  # load matching weights from another checkpoint
+    transfer_from: Path | None = None  # load matching weights from another checkpoint of the same model type
+
+    _model_type = field_validator("model", mode="before")(_default_model_type)
+    _pick_data = field_validator("data", mode="before")(_data_for_model)
 
 
 class MetaConfig(StrictModel):
@@ -144,7 +167,7 @@ class MetaConfig(StrictModel):
     """
 
     data: DataConfig = DataConfig()
-    model: VAEConfig = VAEConfig()
+    model: MetaModelConfig = Field(default_factory=VAEConfig)  # type: ignore[valid-type]
     algorithm: Literal["reptile", "fomaml"] = "reptile"
     meta_steps: int = Field(1000, ge=1)
     inner_steps: int = Field(5, ge=1)
@@ -160,6 +183,8 @@ class MetaConfig(StrictModel):
     device: DeviceConfig = DeviceConfig()
     tracking: TrackingConfig = TrackingConfig()
     output_dir: Path = Path("runs/meta")
+
+    _model_type = field_validator("model", mode="before")(_default_model_type)
 
 
 class AdaptConfig(StrictModel):

@@ -65,7 +65,7 @@ def metahep_story(out: Path, *, n_few: int = 100, n_reference: int = 400, adapta
 
     # (a) the shipped meta-trained model, no adaptation: the new geometry takes one-hot slot 0
     shipped = load_model(pretrained_path(), expect_mesh=reference.mesh)
-    cand = sample_like(shipped.model, reference, geometry_index=0, conditioning=shipped.conditioning, seed=seed)
+    cand = sample_like(shipped, reference, geometry_index=0, seed=seed)
     results["shipped, no adaptation"] = {
         "metrics": _validate(reference, cand, out / "validate_shipped", seed=seed, classifier=classifier),
         "train_s": 0.0, "n_showers": 0, "generator": "torch"}
@@ -80,7 +80,7 @@ def metahep_story(out: Path, *, n_few: int = 100, n_reference: int = 400, adapta
     onnx_path = export_onnx(ExportConfig(study_name="demo", run_name="adapted", output_dir=out / "runs",
                                          onnx_file_name=out / "adapted.onnx"))
     onnx_gen = load_onnx_generator(onnx_path)
-    showers = generate(onnx_gen, reference.energies, reference.angles, 0, shipped.conditioning, seed=seed,
+    showers = generate(onnx_gen, reference.energies, reference.angles, 0, seed=seed,
                        batch_size=10000)
     cand = ShowerData(reference.energies, showers, reference.mesh, reference.angles, {"source": str(onnx_path)})
     results["adapted (ONNX)"] = {
@@ -99,8 +99,7 @@ def metahep_story(out: Path, *, n_few: int = 100, n_reference: int = 400, adapta
         tracking=tracking, output_dir=out / "runs" / "scratch"))
     scratch_s = time.perf_counter() - t0
     scratch_model = load_model(scratch.last_checkpoint)
-    cand = sample_like(scratch_model.model, reference, geometry_index=0, conditioning=shipped.conditioning,
-                       seed=seed)
+    cand = sample_like(scratch_model, reference, geometry_index=0, seed=seed)
     results["from scratch"] = {
         "metrics": _validate(reference, cand, out / "validate_scratch", seed=seed, classifier=classifier),
         "train_s": scratch_s, "n_showers": n_few * len(ENERGIES_GEV) * len(ANGLES_DEG), "generator": "torch"}

@@ -16,7 +16,7 @@ from mlfastsim.core.checkpoint import save_checkpoint
 from mlfastsim.core.errors import ConfigError, InputFileError
 from mlfastsim.core.export import OnnxRunner, ParityError, make_session, max_abs_diff, session_signature
 from mlfastsim.core.export import export_onnx as export_module
-from mlfastsim.showers.conditioning.em import make_conditions
+from mlfastsim.showers.conditioning.em import EMNormalisation, make_conditions
 from mlfastsim.showers.config import ConditioningConfig, ExportConfig, VAEConfig
 from mlfastsim.showers.geometry import CylindricalMesh
 from mlfastsim.showers.inference.export import (
@@ -28,24 +28,25 @@ from mlfastsim.showers.inference.export import (
     sidecar_path,
     voxel_permutation,
 )
-from mlfastsim.showers.models import build_model, model_meta
+from mlfastsim.showers.models import MODELS, checkpoint_meta
 
 # Distinct axis lengths, so that any mix-up of the r, phi and z axes changes the numbers.
 MESH = CylindricalMesh(n_r=4, n_phi=3, n_z=5, size_r=2.0, size_z=3.0, name="tiny")
 COND = ConditioningConfig(max_energy_gev=500.0, max_angle_deg=90.0, n_geometry_slots=3)
 VAE = VAEConfig(encoder_sizes=[16, 8], latent_dim=3)
+META = checkpoint_meta(MODELS["vae"], VAE, EMNormalisation(MESH, COND))
 
 
 def make_checkpoint(path: Path, *, seed: int = 0, step: int = 50) -> Path:
     """A VAE checkpoint with random weights and non-trivial batch-norm statistics (so folding is tested)."""
     torch.manual_seed(seed)
-    model = build_model(VAE, MESH, COND)
+    model = MODELS["vae"].build_modules(VAE, EMNormalisation(MESH, COND))["model"]
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm1d):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
     return save_checkpoint(path, {"modules": {"model": model.state_dict()}, "step": step,
-                                  **model_meta(VAE, MESH, COND)})
+                                  **META})
 
 
 @pytest.fixture(scope="module")
@@ -187,15 +188,15 @@ def test_bad_onnx_file_is_an_input_error(tmp_path: Path) -> None:
 
 
 def test_export_refuses_other_model_types(tmp_path: Path) -> None:
-    ckpt = save_checkpoint(tmp_path / "w.pt", {"modules": {"model": {}}, **model_meta(VAE, MESH, COND),
+    ckpt = save_checkpoint(tmp_path / "w.pt", {"modules": {"model": {}}, **META,
                                                "model_type": "diffusion"})
     with pytest.raises(InputFileError, match="model type"):
         export_onnx(ExportConfig(checkpoint=ckpt, onnx_file_name=tmp_path / "w.onnx"))
     assert not (tmp_path / "w.onnx").exists()
     # a hadron model type without the hadron normalisation block is no hadron checkpoint either
-    fake = save_checkpoint(tmp_path / "g.pt", {"modules": {"model": {}}, **model_meta(VAE, MESH, COND),
+    fake = save_checkpoint(tmp_path / "g.pt", {"modules": {"model": {}}, **META,
                                                "model_type": "wgan"})
-    with pytest.raises(InputFileError, match="not a mlfastsim hadron-model checkpoint"):
+    with pytest.raises(InputFileError, match=r"invalid model config|normalisation"):
         export_onnx(ExportConfig(checkpoint=fake, onnx_file_name=tmp_path / "g.onnx"))
     assert not (tmp_path / "g.onnx").exists()
 

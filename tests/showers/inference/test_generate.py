@@ -13,6 +13,7 @@ from mlfastsim.core.errors import ConfigError, InputFileError
 from mlfastsim.core.export import make_session
 from mlfastsim.core.tracking import TrackingConfig
 from mlfastsim.core.trainer import TrainerConfig
+from mlfastsim.showers.conditioning.em import EMNormalisation
 from mlfastsim.showers.config import (
     ConditioningConfig,
     DataConfig,
@@ -25,7 +26,7 @@ from mlfastsim.showers.geometry import DETECTOR_PRESETS, CylindricalMesh
 from mlfastsim.showers.inference.export import build_generator, export_onnx, load_generator_model, sidecar_path
 from mlfastsim.showers.inference.generate import generate, generate_to_file, load_onnx_generator
 from mlfastsim.showers.io.formats import read_native, write_native
-from mlfastsim.showers.models import model_meta
+from mlfastsim.showers.models import MODELS, checkpoint_meta
 from mlfastsim.showers.sim.em import make_kinematics, simulate
 from mlfastsim.showers.training.train import train_from_config
 
@@ -131,7 +132,7 @@ def test_onnx_width_differing_from_sidecar_names_both_numbers(trained: tuple[Pat
 
 def test_other_model_type_and_truncated_checkpoint(trained: tuple[Path, Path], tmp_path: Path) -> None:
     ckpt, _ = trained
-    meta = model_meta(VAEConfig(), MESH, ConditioningConfig())
+    meta = checkpoint_meta(MODELS["vae"], VAEConfig(), EMNormalisation(MESH, ConditioningConfig()))
     other = save_checkpoint(tmp_path / "gan.pt", {**meta, "model_type": "diffusion", "modules": {"model": {}}})
     with pytest.raises(InputFileError, match="model type"):
         generate_to_file(_cfg(tmp_path, "x.h5", checkpoint=other), progress=False)

@@ -18,6 +18,7 @@ from torch import nn
 
 from mlfastsim.core.errors import ConfigError, DataError
 from mlfastsim.core.trainer import Trainer, TrainerConfig, TrainTask
+from mlfastsim.showers.models import MODELS, get_model_type
 from mlfastsim.showers.models.bibae import (
     BIBAE,
     BIBAEConfig,
@@ -29,7 +30,7 @@ from mlfastsim.showers.models.bibae import (
     mmd,
     sorted_hit_mmd,
 )
-from mlfastsim.showers.models.hadrons import HADRON_MODELS, get_hadron_spec, latent_dim
+from mlfastsim.showers.models.hadrons import latent_dim
 from mlfastsim.showers.models.wgan import (
     Critic,
     EnergyRegressor,
@@ -84,14 +85,14 @@ def weights_hash(modules: dict[str, nn.Module]) -> str:
 
 def _task(name: str, grid: tuple[int, int, int] = GRID, seed: int = 0) -> TrainTask:
     if name == "regressor":
-        return HADRON_MODELS["regressor"].build_task(SMALL_REG, grid, seed=seed, aux_modules=None)
+        return MODELS["regressor"].task_on(SMALL_REG, grid, seed=seed, aux_modules=None)
     if name == "wgan":
-        reg = HADRON_MODELS["regressor"].build_modules(SMALL_REG, grid, seed=seed + 1)["regressor"]
-        return HADRON_MODELS["wgan"].build_task(SMALL_WGAN, grid, seed=seed, aux_modules={"regressor": reg})
+        reg = MODELS["regressor"].modules_on(SMALL_REG, grid, seed=seed + 1)["regressor"]
+        return MODELS["wgan"].task_on(SMALL_WGAN, grid, seed=seed, aux_modules={"regressor": reg})
     if name == "bibae":
-        return HADRON_MODELS["bibae"].build_task(SMALL_BIBAE, grid, seed=seed, aux_modules=None)
-    bib = HADRON_MODELS["bibae"].build_modules(SMALL_BIBAE, grid, seed=seed + 1)["bibae"]
-    return HADRON_MODELS["postprocess"].build_task(SMALL_PP, grid, seed=seed, aux_modules={"bibae": bib})
+        return MODELS["bibae"].task_on(SMALL_BIBAE, grid, seed=seed, aux_modules=None)
+    bib = MODELS["bibae"].modules_on(SMALL_BIBAE, grid, seed=seed + 1)["bibae"]
+    return MODELS["postprocess"].task_on(SMALL_PP, grid, seed=seed, aux_modules={"bibae": bib})
 
 
 # ------------------------------------------------------------------------------------------- shapes
@@ -114,8 +115,8 @@ def test_output_shapes_for_any_grid(grid: tuple[int, int, int]) -> None:
     pp = PostProcessor(grid, [8])(recon, e)
     assert pp.shape == (b, *grid) and (pp >= 0).all()
     for name, cfg in (("wgan", SMALL_WGAN), ("bibae", SMALL_BIBAE), ("postprocess", SMALL_PP)):
-        mods = HADRON_MODELS[name].build_modules(cfg, grid, seed=0)
-        sampler = HADRON_MODELS[name].sampler(mods, cfg, grid)
+        mods = MODELS[name].modules_on(cfg, grid, seed=0)
+        sampler = MODELS[name].sampler_on(mods, cfg, grid)
         out = sampler(torch.cat([torch.randn(b, latent_dim(cfg)), e[:, None]], dim=1))
         assert out.shape == (b, math.prod(grid))
 
@@ -125,7 +126,7 @@ def test_build_modules_match_task_modules() -> None:
     configs = {"regressor": SMALL_REG, "wgan": SMALL_WGAN, "bibae": SMALL_BIBAE, "postprocess": SMALL_PP}
     for name, cfg in configs.items():
         task = _task(name)
-        fresh = HADRON_MODELS[name].build_modules(cfg, GRID, seed=5)
+        fresh = MODELS[name].modules_on(cfg, GRID, seed=5)
         assert set(fresh) == set(task.modules()), name
         for key, m in task.modules().items():
             fresh[key].load_state_dict(m.state_dict())
@@ -342,8 +343,8 @@ def test_wgan_exact_resume_through_trainer(tmp_path: Path) -> None:
 def test_sampler_onnx_export_parity(name: str, tmp_path: Path) -> None:
     cfg = {"wgan": SMALL_WGAN, "bibae": SMALL_BIBAE, "postprocess": SMALL_PP}[name]
     grid = (5, 4, 3)
-    mods = HADRON_MODELS[name].build_modules(cfg, grid, seed=3)
-    sampler = HADRON_MODELS[name].sampler(mods, cfg, grid)
+    mods = MODELS[name].modules_on(cfg, grid, seed=3)
+    sampler = MODELS[name].sampler_on(mods, cfg, grid)
     width = latent_dim(cfg) + 1
     path = tmp_path / f"{name}.onnx"
     torch.onnx.export(sampler, (torch.randn(2, width),), str(path), input_names=["input"], output_names=["output"],
@@ -367,17 +368,17 @@ def test_bad_input_one_line_errors() -> None:
     with pytest.raises(DataError, match=r"grid shape \(8, 6, 7\).*built for \(8, 6, 6\)"):
         task.train_step((x, e), 0)
     with pytest.raises(ConfigError, match="needs a trained regressor"):
-        HADRON_MODELS["wgan"].build_task(SMALL_WGAN, GRID, seed=0, aux_modules=None)
+        MODELS["wgan"].task_on(SMALL_WGAN, GRID, seed=0, aux_modules=None)
     # the constraint switched off: no regressor needed
     no_reg = SMALL_WGAN.model_copy(update={"regressor_weight": 0.0})
-    assert "regressor" not in HADRON_MODELS["wgan"].build_task(no_reg, GRID, seed=0, aux_modules=None).modules()
-    other_grid = HADRON_MODELS["regressor"].build_modules(SMALL_REG, (8, 6, 7))["regressor"]
+    assert "regressor" not in MODELS["wgan"].task_on(no_reg, GRID, seed=0, aux_modules=None).modules()
+    other_grid = MODELS["regressor"].modules_on(SMALL_REG, (8, 6, 7))["regressor"]
     with pytest.raises(ConfigError, match="regressor was trained on grid"):
-        HADRON_MODELS["wgan"].build_task(SMALL_WGAN, GRID, seed=0, aux_modules={"regressor": other_grid})
-    with pytest.raises(ConfigError, match="unknown hadron model type"):
-        get_hadron_spec("gan")
-    with pytest.raises(ConfigError, match="not a generative model"):
-        HADRON_MODELS["regressor"].sampler({}, SMALL_REG, GRID)
+        MODELS["wgan"].task_on(SMALL_WGAN, GRID, seed=0, aux_modules={"regressor": other_grid})
+    with pytest.raises(ConfigError, match="unknown model type"):
+        get_model_type("gan")
+    with pytest.raises(ConfigError, match="cannot generate showers"):
+        MODELS["regressor"].sampler_on({}, SMALL_REG, GRID)
     with pytest.raises(ConfigError, match="no latent space"):
         latent_dim(SMALL_REG)
     with pytest.raises(ConfigError, match="three positive sizes"):

@@ -191,9 +191,9 @@ def test_adaptation_improves_every_main_observable(
     before = load_model(meta_checkpoint)
     after = load_model(result.last_checkpoint, expect_mesh=SMALL)
     sp_before = separation_powers(
-        reference, sample_like(before.model, reference, geometry_index=0, conditioning=before.conditioning, seed=1))
+        reference, sample_like(before, reference, geometry_index=0, seed=1))
     sp_after = separation_powers(
-        reference, sample_like(after.model, reference, geometry_index=0, conditioning=after.conditioning, seed=1))
+        reference, sample_like(after, reference, geometry_index=0, seed=1))
     # 2000 vs 2000 showers: per-shower separation powers carry noise of ~0.01 and mean profiles far less, while
     # the un-adapted model (SiW at slot 0) is off by 0.2-1 on the per-shower observables; at least halving
     # every one is a gain no fluctuation fakes

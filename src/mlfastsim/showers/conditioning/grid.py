@@ -26,8 +26,9 @@ from pydantic import Field
 
 from mlfastsim.core.config import StrictModel
 from mlfastsim.core.errors import ConfigError, DataError, InputFileError
+from mlfastsim.showers.conditioning.base import TrainingData
 from mlfastsim.showers.geometry import CartesianGrid
-from mlfastsim.showers.io.formats import ShowerData, read_native, same_mesh
+from mlfastsim.showers.io.native import ShowerData, read_native, same_mesh
 
 logger = logging.getLogger(__name__)
 
@@ -92,17 +93,56 @@ class HadronNormalisation:
         mev[mev < self.threshold_mev] = 0.0
         return mev
 
-    def conditions(self, energies_mev: np.ndarray) -> np.ndarray:
-        return (np.asarray(energies_mev, dtype=np.float32) / np.float32(self.energy_norm_gev * 1000.0)).astype(
-            np.float32)
+    # ---------------------------------------------------- the Normalisation contract (models/contract.py)
+    @property
+    def geometry(self) -> CartesianGrid:
+        return self.grid
 
+    @property
+    def cond_width(self) -> int:
+        return 1
 
-@dataclass
-class HadronTrainingData:
-    x: torch.Tensor  # (N, n_z, n_y, n_x)
-    e: torch.Tensor  # (N,)
-    norm: HadronNormalisation
-    files: list[Path]
+    def energy_condition(self, energies_mev: np.ndarray) -> np.ndarray:
+        """(N,) incident energy / energy_norm_gev: the one number the hadron networks are conditioned on."""
+        return (np.asarray(energies_mev, dtype=np.float32).reshape(-1)
+                / np.float32(self.energy_norm_gev * 1000.0)).astype(np.float32)
+
+    def conditions(self, energies_mev: np.ndarray, angles_deg: np.ndarray | None = None,
+                   geometry_index: int | np.ndarray = 0) -> np.ndarray:
+        """(N, 1): pions enter at normal incidence into one calorimeter, so only the energy conditions."""
+        return self.energy_condition(energies_mev)[:, None]
+
+    def encode(self, data: ShowerData) -> np.ndarray:
+        return self.to_network(data.showers)
+
+    def row_scale(self, energies_mev: np.ndarray) -> np.ndarray:
+        return np.full(np.asarray(energies_mev).reshape(-1).shape[0], self.energy_scale_mev, dtype=np.float32)
+
+    def finish_(self, showers_mev: np.ndarray) -> None:
+        showers_mev[showers_mev < self.threshold_mev] = 0.0
+
+    def meta(self) -> dict[str, Any]:
+        return {"normalisation": self.to_dict(), "mesh": self.grid.to_dict()}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], *, source: str | Path | None = None) -> HadronNormalisation:
+        return cls.from_dict(meta.get("normalisation") or {}, source=source)
+
+    def random_conditions(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        lo, hi = self.energy_range_gev
+        return (rng.uniform(lo, hi, n) / self.energy_norm_gev).astype(np.float32)[:, None]
+
+    def check_request(self, energies_mev: np.ndarray, angles_deg: np.ndarray | None, geometry_index: int) -> None:
+        warn_outside_range(energies_mev, self)
+
+    def input_layout(self, latent_dim: int) -> list[dict[str, Any]]:
+        return [{"name": "latent", "offset": 0, "size": latent_dim, "meaning": "z ~ N(0, 1)"},
+                {"name": "energy", "offset": latent_dim, "size": 1,
+                 "meaning": f"incident energy / {self.energy_norm_gev:g} GeV"}]
+
+    def output_meta(self) -> dict[str, Any]:
+        return {"particle": "pion",
+                "calorimeter": {"threshold_mev": self.threshold_mev, "mip_mev": self.energy_scale_mev}}
 
 
 def _calorimeter_value(data: ShowerData, key: str) -> float | None:
@@ -131,7 +171,7 @@ def crop_showers(data: ShowerData, crop: tuple[int, int] | None, *, source: str 
                       data.angles, dict(data.meta))
 
 
-def load_hadron_data(cfg: HadronDataConfig, *, expect: HadronNormalisation | None = None) -> HadronTrainingData:
+def load_hadron_data(cfg: HadronDataConfig, *, expect: HadronNormalisation | None = None) -> TrainingData:
     """Read, crop, threshold and scale the configured files.
 
     ``expect`` (the normalisation of a model being fine-tuned or post-processed) pins grid, scale and
@@ -171,8 +211,10 @@ def load_hadron_data(cfg: HadronDataConfig, *, expect: HadronNormalisation | Non
         norm = HadronNormalisation(grid, float(scale), float(threshold), cfg.energy_norm_gev,
                                    (float(e_gev.min()), float(e_gev.max())))
     x = norm.to_network(showers)
-    return HadronTrainingData(x=torch.from_numpy(np.ascontiguousarray(x)),
-                              e=torch.from_numpy(norm.conditions(energies)), norm=norm, files=list(cfg.files))
+    # c is (N,): the hadron networks take the energy as one scalar per shower
+    return TrainingData(x=torch.from_numpy(np.ascontiguousarray(x)),
+                        c=torch.from_numpy(norm.energy_condition(energies)), norm=norm, files=list(cfg.files),
+                        samples=parts)
 
 
 def warn_outside_range(energies_mev: np.ndarray, norm: HadronNormalisation) -> None:

@@ -1,8 +1,10 @@
 """``showers generate``: sample showers from a checkpoint or an exported ONNX file into the native format.
 
-Both sources run the same generator contract (:mod:`mlfastsim.showers.inference.export`): one input row
-``[z, E/MAX_ENERGY, angle/MAX_ANGLE, geometry one-hot]`` per shower, one normalised output row in
-[0, 1] that is multiplied by the incident energy.  The latent codes are drawn with **numpy** from the
+Every model type and both sources run the same generator contract (:mod:`mlfastsim.showers.inference.export`):
+one input row ``[z, conditions]`` per shower (conditions from the model's normalisation: for the VAE
+``[E/MAX_ENERGY, angle/MAX_ANGLE, geometry one-hot]``), one output row in network units that is multiplied
+by the normalisation's ``row_scale`` (the incident energy for the VAE) and finished by its readout
+threshold.  The latent codes are drawn with **numpy** from the
 seed (``default_rng(seed)``, batch after batch from one stream), so a checkpoint and its ONNX export
 give the same showers for the same seed, and the result does not depend on ``batch_size``.
 
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
-from pydantic import ValidationError
+from torch import nn
 
 from mlfastsim import __version__
 from mlfastsim.core.devices import select_device
@@ -29,20 +31,21 @@ from mlfastsim.core.errors import ConfigError, InputFileError
 from mlfastsim.core.export import OnnxRunner, make_session
 from mlfastsim.core.io import ensure_writable_dir, require_file
 from mlfastsim.core.progress import progress_bar
-from mlfastsim.showers.conditioning.em import n_conditions
-from mlfastsim.showers.config import ConditioningConfig, GenerateConfig
-from mlfastsim.showers.geometry import CylindricalMesh
+from mlfastsim.showers.conditioning.em import ConditioningConfig, EMNormalisation
+from mlfastsim.showers.config import GenerateConfig
+from mlfastsim.showers.geometry import CylindricalMesh, Mesh
 from mlfastsim.showers.inference.export import (
+    LEGACY_SIDECAR_FORMATS,
     SIDECAR_FORMAT,
-    VOXEL_ORDERS,
-    GeneratorModule,
-    build_generator,
     generator_inputs,
     load_generator_model,
     sidecar_path,
 )
-from mlfastsim.showers.io.formats import ShowerData, write_native
-from mlfastsim.showers.models import LoadedModel
+from mlfastsim.showers.io.native import ShowerData, write_native
+from mlfastsim.showers.models import MODELS, LoadedModel, ModelType, Normalisation
+from mlfastsim.showers.models.contract import conditioning_of
+from mlfastsim.showers.models.layout import VOXEL_ORDERS
+from mlfastsim.showers.models.vae import GeneratorModule
 from mlfastsim.showers.sim.em import make_kinematics
 
 logger = logging.getLogger(__name__)
@@ -63,15 +66,26 @@ class OnnxGenerator:
     session: ort.InferenceSession
     runner: OnnxRunner
     sidecar: dict[str, Any]
-    mesh: CylindricalMesh
-    conditioning: ConditioningConfig
+    spec: ModelType
+    norm: Normalisation
     latent_dim: int
     voxel_order: str
-    model_type: str
+
+    @property
+    def model_type(self) -> str:
+        return self.spec.name
+
+    @property
+    def mesh(self) -> Mesh:
+        return self.norm.geometry
+
+    @property
+    def conditioning(self) -> ConditioningConfig:
+        return conditioning_of(self.norm, self.model_type)
 
     @property
     def input_width(self) -> int:
-        return self.latent_dim + n_conditions(self.conditioning)
+        return self.latent_dim + self.norm.cond_width
 
 
 def _sidecar_field(sidecar: dict[str, Any], key: str, path: Path) -> Any:
@@ -93,7 +107,7 @@ def read_sidecar(onnx_path: str | Path) -> dict[str, Any]:
         sidecar = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputFileError("sidecar is not valid JSON", file=path, fix="re-export the model") from exc
-    if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
+    if not isinstance(sidecar, dict) or sidecar.get("format") not in (SIDECAR_FORMAT, *LEGACY_SIDECAR_FORMATS):
         raise InputFileError(f"not an mlfastsim ONNX sidecar (format is not {SIDECAR_FORMAT!r})", file=path,
                              field="format", fix="re-export the model with showers export")
     return sidecar
@@ -102,30 +116,32 @@ def read_sidecar(onnx_path: str | Path) -> dict[str, Any]:
 def load_onnx_generator(path: str | Path, *, num_threads: int | None = None) -> OnnxGenerator:
     """Open an exported model and cross-check it with its sidecar before anything is generated.
 
-    The input width is checked three ways (the ONNX graph, the sidecar's ``input.width`` and
-    latent_dim + 2 + n_geometry_slots): a file paired with the wrong sidecar would otherwise generate
+    The input width is checked three ways (the ONNX graph, the sidecar's ``input.width`` and latent_dim +
+    the normalisation's condition width): a file paired with the wrong sidecar would otherwise generate
     plausible-looking nonsense.
     """
     onnx_path = require_file(path, what="ONNX model")
     sidecar = read_sidecar(onnx_path)
     side = sidecar_path(onnx_path)
-    try:
-        cond = ConditioningConfig.model_validate(_sidecar_field(sidecar, "conditioning", side))
-    except ValidationError as exc:
-        raise InputFileError(f"sidecar conditioning is invalid ({exc.errors()[0]['msg']})", file=side,
-                             field="conditioning", fix="re-export the model") from exc
-    mesh = CylindricalMesh.from_dict(_sidecar_field(sidecar, "mesh", side), source=str(side))
+    model_type = str(sidecar.get("model_type", "vae"))  # version-1 VAE sidecars may lack it
+    if model_type not in MODELS:
+        raise InputFileError(f"sidecar names a model type this mlfastsim does not know ({model_type!r})", file=side,
+                             field="model_type", fix=f"re-export with this version ({', '.join(MODELS)})")
+    spec = MODELS[model_type]
+    norm = spec.normalisation_from(sidecar, source=side)
     latent = int(_sidecar_field(sidecar, "latent_dim", side))
     inp, out = _sidecar_field(sidecar, "input", side), _sidecar_field(sidecar, "output", side)
     voxel_order = str(out.get("voxel_order", ""))
+    if sidecar.get("format") in LEGACY_SIDECAR_FORMATS:
+        voxel_order = "native"  # the version-1 hadron exports wrote the grid's own order
     if voxel_order not in VOXEL_ORDERS:
         raise InputFileError(f"unknown voxel order {voxel_order!r}", file=side, field="output.voxel_order",
                              fix=f"use one of {', '.join(VOXEL_ORDERS)}")
-    expected = latent + n_conditions(cond)
+    expected = latent + norm.cond_width
     if int(inp.get("width", -1)) != expected:
         raise InputFileError(
-            f"sidecar input width {inp.get('width')} differs from latent_dim {latent} + 2 + "
-            f"n_geometry_slots {cond.n_geometry_slots} = {expected}",
+            f"sidecar input width {inp.get('width')} differs from latent_dim {latent} + {norm.cond_width} "
+            f"condition columns = {expected}",
             file=side, field="input.width", fix="re-export the model",
         )
     session = make_session(onnx_path, num_threads=num_threads)
@@ -134,64 +150,74 @@ def load_onnx_generator(path: str | Path, *, num_threads: int | None = None) -> 
     if sig.input_width is not None and sig.input_width != expected:
         raise InputFileError(
             f"ONNX input width {sig.input_width} differs from the sidecar's {expected} "
-            f"(latent_dim {latent} + 2 + n_geometry_slots {cond.n_geometry_slots})",
+            f"(latent_dim {latent} + {norm.cond_width} condition columns)",
             file=onnx_path, field="input", fix=f"pair {onnx_path.name} with the sidecar exported with it",
         )
-    if sig.output_width is not None and sig.output_width != mesh.n_voxels:
+    n_voxels = norm.geometry.n_voxels
+    if sig.output_width is not None and sig.output_width != n_voxels:
         raise InputFileError(
-            f"ONNX output width {sig.output_width} differs from the sidecar mesh's {mesh.n_voxels} voxels "
-            f"({mesh.describe()})",
+            f"ONNX output width {sig.output_width} differs from the sidecar mesh's {n_voxels} voxels "
+            f"({norm.geometry.describe()})",
             file=onnx_path, field="output", fix=f"pair {onnx_path.name} with the sidecar exported with it",
         )
-    return OnnxGenerator(onnx_path, session, runner, sidecar, mesh, cond, latent, voxel_order,
-                         str(sidecar.get("model_type", "unknown")))
+    return OnnxGenerator(onnx_path, session, runner, sidecar, spec, norm, latent, voxel_order)
 
 
 # ---------------------------------------------------------------------------------------- backends
 class _TorchBackend:
-    """Runs a :class:`GeneratorModule` into the final output (CPU) or through a device buffer (GPU)."""
+    """Runs a sampler module into the final output (CPU) or through a device buffer (GPU).
 
-    def __init__(self, generator: GeneratorModule) -> None:
+    A :class:`GeneratorModule` (the VAE's decoder) writes its product straight into the output; any other
+    sampler returns a tensor that is copied.
+    """
+
+    def __init__(self, generator: nn.Module, n_voxels: int, input_width: int) -> None:
         self.generator = generator.eval()
         self.device = next(generator.parameters()).device
-        self.n_voxels = generator.n_voxels
-        self.input_width = generator.input_width
+        self.n_voxels = n_voxels
+        self.input_width = input_width
         self._buffer: torch.Tensor | None = None
 
-    def __call__(self, x: np.ndarray, energies: np.ndarray, out: np.ndarray) -> None:
+    def _run_into(self, xt: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.generator, GeneratorModule):
+            return self.generator.generate_into(xt, out)
+        out.copy_(self.generator(xt).reshape(out.shape))
+        return out
+
+    def __call__(self, x: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
         b = x.shape[0]
         with torch.inference_mode():
             xt = torch.from_numpy(x).to(self.device, non_blocking=True)
             if self.device.type == "cpu":
-                self.generator.generate_into(xt, torch.from_numpy(out))
-                np.multiply(out, energies[:, None], out=out)
+                self._run_into(xt, torch.from_numpy(out))
+                np.multiply(out, scale[:, None], out=out)
                 return
             if self._buffer is None or self._buffer.shape[0] < b:
                 self._buffer = torch.empty((b, self.n_voxels), device=self.device, dtype=torch.float32)
             buf = self._buffer[:b]
-            self.generator.generate_into(xt, buf).mul_(torch.from_numpy(energies).to(self.device).view(b, 1))
+            self._run_into(xt, buf).mul_(torch.from_numpy(scale).to(self.device).view(b, 1))
             torch.from_numpy(out).copy_(buf)
 
 
 class _OnnxBackend:
-    """Runs an onnxruntime session; a Par04-ordered output is reordered while it is denormalised."""
+    """Runs an onnxruntime session; a Par04-ordered output is reordered while it is scaled to MeV."""
 
-    def __init__(self, runner: OnnxRunner, mesh: CylindricalMesh | None, voxel_order: str) -> None:
+    def __init__(self, runner: OnnxRunner, mesh: Mesh | None, voxel_order: str) -> None:
         if voxel_order not in VOXEL_ORDERS:
             raise ConfigError(f"unknown voxel order {voxel_order!r}", field="voxel_order",
                               fix=f"use one of {', '.join(VOXEL_ORDERS)}")
-        if voxel_order != "native" and mesh is None:
-            raise ConfigError("reading a Par04-ordered output needs the mesh", field="mesh",
+        if voxel_order != "native" and not isinstance(mesh, CylindricalMesh):
+            raise ConfigError("reading a Par04-ordered output needs the mesh (a cylindrical one)", field="mesh",
                               fix="pass mesh=, or load the model with load_onnx_generator")
         self.runner = runner
         self.mesh = mesh if voxel_order != "native" else None
         self._scratch: np.ndarray | None = None
 
-    def __call__(self, x: np.ndarray, energies: np.ndarray, out: np.ndarray) -> None:
+    def __call__(self, x: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
         m = self.mesh
         if m is None:
             self.runner(x, out)
-            np.multiply(out, energies[:, None], out=out)
+            np.multiply(out, scale[:, None], out=out)
             return
         rows = min(x.shape[0], _REORDER_ROWS)
         if self._scratch is None or self._scratch.shape[0] < rows:
@@ -200,30 +226,39 @@ class _OnnxBackend:
             b = min(rows, x.shape[0] - start)
             scratch = self._scratch[:b]
             self.runner(x[start:start + b], scratch)
-            # (b, r, phi, z) -> (b, z, phi, r) and times E in one pass, while the tile is still in cache;
+            # (b, r, phi, z) -> (b, z, phi, r) and times the scale in one pass, while the tile is still in cache;
             # iterating in the scratch's order (contiguous reads, strided writes) is the faster direction.
             dst = m.to_grid(out[start:start + b]).transpose(0, 3, 2, 1)  # a (b, r, phi, z) view of the output
-            np.multiply(scratch.reshape(dst.shape), energies[start:start + b, None, None, None], out=dst)
+            np.multiply(scratch.reshape(dst.shape), scale[start:start + b, None, None, None], out=dst)
 
 
 GeneratorSource = GeneratorModule | LoadedModel | OnnxGenerator | ort.InferenceSession
 
 
-def _backend(source: GeneratorSource, mesh: CylindricalMesh | None, voxel_order: str) -> tuple[Any, int, int]:
-    """(backend, input width, n_voxels) for any supported source."""
+def _backend(source: GeneratorSource, norm: Normalisation | None, voxel_order: str
+             ) -> tuple[Any, int, int, Normalisation]:
+    """(backend, input width, n_voxels, normalisation) for any supported source."""
     if isinstance(source, LoadedModel):
-        source = build_generator(source)
-    if isinstance(source, GeneratorModule):
-        return _TorchBackend(source), source.input_width, source.n_voxels
+        sampler = source.sampler("native")
+        width = source.latent_dim + source.norm.cond_width
+        return _TorchBackend(sampler, source.norm.geometry.n_voxels, width), width, source.norm.geometry.n_voxels, \
+            source.norm
     if isinstance(source, OnnxGenerator):
-        return _OnnxBackend(source.runner, source.mesh, source.voxel_order), source.input_width, source.mesh.n_voxels
+        return (_OnnxBackend(source.runner, source.mesh, source.voxel_order), source.input_width,
+                source.mesh.n_voxels, source.norm)
+    if norm is None:
+        raise ConfigError(f"generating from a bare {type(source).__name__} needs its normalisation",
+                          field="normalisation", fix="pass the ConditioningConfig or normalisation it was trained with")
+    if isinstance(source, GeneratorModule):
+        return _TorchBackend(source, source.n_voxels, source.input_width), source.input_width, source.n_voxels, norm
     if isinstance(source, ort.InferenceSession):
         runner = OnnxRunner(source)
         width, n_vox = runner.signature.input_width, runner.signature.output_width
         if width is None or n_vox is None:
             raise InputFileError("the ONNX model has a symbolic input or output width",
                                  fix="export the model with showers export (fixed widths)")
-        return _OnnxBackend(runner, mesh, voxel_order), width, n_vox
+        mesh = getattr(norm, "mesh", None)
+        return _OnnxBackend(runner, mesh, voxel_order), width, n_vox, norm
     raise TypeError(f"cannot generate from {type(source).__name__}")
 
 
@@ -233,7 +268,7 @@ def generate(
     energies_mev: np.ndarray,
     angles_deg: np.ndarray | None,
     geometry_index: int,
-    conditioning: ConditioningConfig,
+    normalisation: Normalisation | ConditioningConfig | None = None,
     *,
     seed: int,
     batch_size: int,
@@ -243,30 +278,28 @@ def generate(
 ) -> np.ndarray:
     """Showers in MeV, (N, n_voxels) float32 in the native voxel order, for the given kinematics.
 
-    ``model_or_session``: a :class:`GeneratorModule`, a :class:`LoadedModel` (checkpoint), an
-    :class:`OnnxGenerator` (ONNX + sidecar) or a bare ``onnxruntime.InferenceSession`` (then ``mesh`` and
-    ``voxel_order`` say how to read its output; the default is what ``showers export`` writes).
+    ``model_or_session``: a :class:`LoadedModel` (checkpoint) or an :class:`OnnxGenerator` (ONNX + sidecar),
+    which carry their normalisation; or a bare :class:`GeneratorModule` / ``onnxruntime.InferenceSession``,
+    for which ``normalisation`` (a ConditioningConfig means the VAE's) and, for a session, ``mesh`` and
+    ``voxel_order`` say how to read the output (the default is what ``showers export`` writes for the VAE).
     z is drawn batch after batch from ``numpy.random.default_rng(seed)``: the same seed gives the same
     showers from a checkpoint and from its export, whatever the batch size.
     """
-    backend, width, n_voxels = _backend(model_or_session, mesh, voxel_order)
+    if isinstance(normalisation, ConditioningConfig):
+        normalisation = EMNormalisation(mesh, normalisation)
+    backend, width, n_voxels, norm = _backend(model_or_session, normalisation, voxel_order)
     e = np.ascontiguousarray(energies_mev, dtype=np.float32).reshape(-1)
     n = e.shape[0]
     a = None if angles_deg is None else np.asarray(angles_deg, dtype=np.float32).reshape(-1)
     if a is not None and a.shape[0] != n:
         raise ConfigError(f"{a.shape[0]} angles for {n} energies", field="angles_deg", fix="give one angle per shower")
-    latent = width - n_conditions(conditioning)
+    latent = width - norm.cond_width
     if latent < 1:
         raise InputFileError(
-            f"model input width {width} leaves no latent dimensions for {n_conditions(conditioning)} conditions "
-            f"(2 + n_geometry_slots {conditioning.n_geometry_slots})",
+            f"model input width {width} leaves no latent dimensions for {norm.cond_width} condition columns",
             field="input", fix="use the conditioning the model was trained with",
         )
-    if not 0 <= int(geometry_index) < conditioning.n_geometry_slots:
-        raise ConfigError(
-            f"geometry index {geometry_index} outside the model's {conditioning.n_geometry_slots} one-hot slots",
-            field="geometry_index", fix=f"use 0..{conditioning.n_geometry_slots - 1} (0 = the adapted geometry)",
-        )
+    norm.check_request(e, a, int(geometry_index))
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}", field="batch_size", fix="use e.g. 10000")
     rng = np.random.default_rng(seed)
@@ -279,9 +312,10 @@ def generate(
             b = min(rows, n - start)
             sl = slice(start, start + b)
             rng.standard_normal((b, latent), dtype=np.float32, out=z[:b])
-            xb = generator_inputs(z[:b], e[sl], None if a is None else a[sl], int(geometry_index), conditioning,
-                                  out=x[:b])
-            backend(xb, e[sl], out[sl])
+            conditions = norm.conditions(e[sl], None if a is None else a[sl], int(geometry_index))
+            xb = generator_inputs(z[:b], conditions, out=x[:b])
+            backend(xb, norm.row_scale(e[sl]), out[sl])
+            norm.finish_(out[sl])
             bar.advance(b)
     return out
 
@@ -297,22 +331,12 @@ def generate_to_file(cfg: GenerateConfig, progress: bool = True) -> ShowerData:
         energies_gev=cfg.energies_gev, energy_range_gev=cfg.energy_range_gev, angles_deg=cfg.angles_deg,
         angle_range_deg=cfg.angle_range_deg, n_per_point=cfg.n_per_point, seed=cfg.seed,
     )
-    from mlfastsim.showers.hadron_generate import (
-        checkpoint_model_type,
-        generate_hadrons_to_file,
-        sidecar_model_kind,
-    )
-    from mlfastsim.showers.hadron_training import is_hadron_model
-
-    if (cfg.checkpoint is not None and is_hadron_model(checkpoint_model_type(cfg.checkpoint))) or (
-            cfg.onnx is not None and sidecar_model_kind(cfg.onnx) == "hadron"):
-        return generate_hadrons_to_file(cfg, energies, progress=progress)
     ensure_writable_dir(Path(cfg.output).parent if str(Path(cfg.output).parent) else Path("."))
     source: GeneratorSource
     if cfg.checkpoint is not None:
         device = select_device(cfg.device)
         loaded = load_generator_model(cfg.checkpoint, map_location=device)
-        source, mesh, cond, model_type = build_generator(loaded), loaded.mesh, loaded.conditioning, loaded.model_type
+        source, spec, norm = loaded, loaded.spec, loaded.norm
         origin: dict[str, Any] = {"source_model": str(cfg.checkpoint), "source_format": "checkpoint",
                                   "source_step": loaded.state.get("step")}
     else:
@@ -320,24 +344,20 @@ def generate_to_file(cfg: GenerateConfig, progress: bool = True) -> ShowerData:
         if cfg.device.gpu_ids:
             logger.warning("--gpu-ids is ignored for ONNX generation: onnxruntime runs on the CPU here")
         onnx = load_onnx_generator(cfg.onnx, num_threads=cfg.device.num_threads)
-        source, mesh, cond, model_type = onnx, onnx.mesh, onnx.conditioning, onnx.model_type
+        source, spec, norm = onnx, onnx.spec, onnx.norm
         origin = {"source_model": str(cfg.onnx), "source_format": "onnx",
                   "source_checkpoint": onnx.sidecar.get("source_checkpoint")}
-    if cfg.geometry_index >= cond.n_geometry_slots:
-        raise ConfigError(
-            f"geometry index {cfg.geometry_index} outside the model's {cond.n_geometry_slots} one-hot slots",
-            field="geometry_index", fix=f"use 0..{cond.n_geometry_slots - 1} (0 = the adapted geometry)",
-        )
-    showers = generate(source, energies, angles, cfg.geometry_index, cond, seed=cfg.seed,
-                       batch_size=cfg.batch_size, progress=progress)
+    batch_size = min(cfg.batch_size, spec.max_batch_size or cfg.batch_size)
+    showers = generate(source, energies, angles, cfg.geometry_index, seed=cfg.seed, batch_size=batch_size,
+                       progress=progress)
     meta = {
         **origin,
-        "model_type": model_type,
+        "model_type": spec.name,
         "seed": int(cfg.seed),
         "geometry_index": int(cfg.geometry_index),
-        "conditioning": cond.model_dump(mode="json"),
+        **norm.output_meta(),
         "generator": f"mlfastsim {__version__}",
     }
-    data = ShowerData(energies=energies, showers=showers, mesh=mesh, angles=angles, meta=meta)
+    data = ShowerData(energies=energies, showers=showers, mesh=norm.geometry, angles=angles, meta=meta)
     write_native(data, cfg.output)
     return data

@@ -1,108 +1,119 @@
-"""Generative shower models, looked up by name (``--model-type``) from a registry, never an if-chain.
+"""Every shower model type, in one registry: :data:`MODELS`, looked up by name (``model.type``, ``--model-type``).
 
-A checkpoint carries ``model_type``, ``model_config``, ``mesh`` and ``conditioning`` next to the weights,
-so ``adapt``, ``generate`` and ``export`` rebuild the model from the checkpoint alone and refuse a
-checkpoint of another model type or mesh with a clear message.
+Each entry implements :class:`~mlfastsim.showers.models.contract.ModelType`; every command goes through
+it, so adding a model type is one new file here and one line in :data:`MODELS` (see "Adding a model
+type" in ``docs/design.md``).  A checkpoint carries ``model_type``, ``model_config`` and its
+normalisation next to the weights, and :func:`load_model` rebuilds the model from that alone, refusing a
+checkpoint of another model type or geometry with a clear message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from pydantic import BaseModel, ValidationError
-from torch import nn
+from pydantic import ValidationError
 
 from mlfastsim.core.checkpoint import load_checkpoint
 from mlfastsim.core.errors import ConfigError, InputFileError
-from mlfastsim.showers.conditioning.em import n_conditions
-from mlfastsim.showers.config import ConditioningConfig, VAEConfig
-from mlfastsim.showers.geometry import CylindricalMesh
-from mlfastsim.showers.models.vae import ShowerVAE, vae_loss
+from mlfastsim.showers.geometry import Mesh
+from mlfastsim.showers.io.native import same_mesh
+from mlfastsim.showers.models.contract import (
+    LoadedModel,
+    ModelType,
+    Normalisation,
+    Stage,
+    TrainingData,
+    checkpoint_meta,
+)
+from mlfastsim.showers.models.hadrons import BIBAEModel, PostProcessModel, RegressorModel, WGANModel
+from mlfastsim.showers.models.vae import VAEModel
 
+__all__ = [
+    "MODELS", "LoadedModel", "ModelType", "Normalisation", "Stage", "TrainingData", "checkpoint_meta",
+    "get_model_type", "load_model", "model_types_for", "require_command",
+]
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """How to build, train and configure one model type."""
-
-    config: type[BaseModel]
-    build: Callable[[int, int, Any], nn.Module]
-    loss: Callable[[nn.Module, tuple[torch.Tensor, ...]], dict[str, torch.Tensor]]
-
-
-MODELS: dict[str, ModelSpec] = {
-    "vae": ModelSpec(config=VAEConfig, build=ShowerVAE, loss=vae_loss),
+#: Every model type a user trains or generates with, by name.
+MODELS: dict[str, ModelType] = {
+    spec.name: spec for spec in (VAEModel(), WGANModel(), BIBAEModel(), PostProcessModel(), RegressorModel())
 }
 
 
-def get_model_spec(model_type: str) -> ModelSpec:
+def get_model_type(name: str) -> ModelType:
+    """The registry entry, or a one-line ConfigError naming the valid types."""
     try:
-        return MODELS[model_type]
+        return MODELS[name]
     except KeyError:
-        raise ConfigError(
-            f"unknown model type {model_type!r}", field="--model-type", fix=f"use one of {', '.join(MODELS)}"
-        ) from None
+        raise ConfigError(f"unknown model type {name!r}", field="model.type",
+                          fix=f"use one of {', '.join(MODELS)}") from None
 
 
-def build_model(model_cfg: BaseModel, mesh: CylindricalMesh, cond: ConditioningConfig) -> nn.Module:
-    spec = get_model_spec(getattr(model_cfg, "type", "vae"))
-    return spec.build(mesh.n_voxels, n_conditions(cond), model_cfg)
+def model_types_for(command: str) -> list[str]:
+    """The model types that support ``showers COMMAND``."""
+    return [name for name, spec in MODELS.items() if spec.supports(command)]
 
 
-def model_meta(model_cfg: BaseModel, mesh: CylindricalMesh, cond: ConditioningConfig) -> dict[str, Any]:
-    """What a checkpoint must carry to rebuild its model without the config that trained it."""
-    return {
-        "model_type": getattr(model_cfg, "type", "vae"),
-        "model_config": model_cfg.model_dump(mode="json"),
-        "mesh": mesh.to_dict(),
-        "conditioning": cond.model_dump(mode="json"),
-    }
+def require_command(spec: ModelType, command: str, *, file: str | Path | None = None) -> None:
+    """A clear error when a model type is asked for a command it does not support."""
+    if not spec.supports(command):
+        raise ConfigError(f"a {spec.name!r} model does not support `showers {command}`", file=file,
+                          field="model.type", fix=f"use one of: {', '.join(model_types_for(command)) or 'none'}")
 
 
-@dataclass
-class LoadedModel:
-    model: nn.Module
-    model_type: str
-    model_config: BaseModel
-    mesh: CylindricalMesh
-    conditioning: ConditioningConfig
-    state: dict[str, Any]
+def _describe(types: str | tuple[str, ...]) -> str:
+    return repr(types) if isinstance(types, str) else " or ".join(map(repr, types))
 
 
-def load_model(path: str | Path, *, expect_type: str | None = None, expect_mesh: CylindricalMesh | None = None,
+def load_model(path: str | Path, *, expect_type: str | tuple[str, ...] | None = None,
+               expect_mesh: Mesh | None = None, command: str | None = None,
                map_location: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild a model from a checkpoint, refusing other model types or meshes with a clear error."""
-    state = load_checkpoint(path, map_location=map_location)
+    """Rebuild a model from a checkpoint alone, in eval mode.
+
+    ``expect_type`` / ``expect_mesh`` / ``command`` refuse a checkpoint of another model type, geometry, or
+    one whose type cannot do ``command``, naming the file.
+    """
+    p = Path(path)
+    state = load_checkpoint(p, map_location=map_location)
     if "model_type" not in state or "modules" not in state:
-        raise InputFileError("not a mlfastsim shower-model checkpoint (no model_type)", file=path,
+        raise InputFileError("not a mlfastsim shower-model checkpoint (no model_type)", file=p,
                              fix="pass a checkpoint written by showers train/meta-train/adapt")
     model_type = str(state["model_type"])
-    if expect_type is not None and model_type != expect_type:
-        raise InputFileError(f"checkpoint holds a {model_type!r} model, expected {expect_type!r}", file=path,
+    if expect_type is not None and model_type not in ((expect_type,) if isinstance(expect_type, str)
+                                                      else expect_type):
+        raise InputFileError(f"checkpoint holds a {model_type!r} model, expected {_describe(expect_type)}", file=p,
                              field="model_type", fix="pass a checkpoint of the right model type")
-    spec = get_model_spec(model_type)
-    try:
-        model_cfg = spec.config.model_validate(state["model_config"])
-        cond = ConditioningConfig.model_validate(state["conditioning"])
-    except ValidationError as exc:
-        raise InputFileError(f"checkpoint carries an invalid model config ({exc.errors()[0]['msg']})", file=path,
-                             fix="re-create the checkpoint with this mlfastsim version") from exc
-    mesh = CylindricalMesh.from_dict(state["mesh"], source=str(path))
-    if expect_mesh is not None and (
-        expect_mesh.shape != mesh.shape or not np.allclose(expect_mesh.r_edges, mesh.r_edges)
-    ):
+    if model_type not in MODELS:
+        raise InputFileError(f"checkpoint holds a model type this mlfastsim does not know ({model_type!r})", file=p,
+                             field="model_type", fix=f"pass a checkpoint of one of: {', '.join(MODELS)}")
+    spec = MODELS[model_type]
+    if command is not None and not spec.supports(command):
         raise InputFileError(
-            f"checkpoint was trained on mesh {mesh.describe()}, the data uses {expect_mesh.describe()}",
-            file=path, field="mesh", fix="adapt a model trained on the same mesh, or re-score the data",
-        )
-    model = spec.build(mesh.n_voxels, n_conditions(cond), model_cfg)
+            f"checkpoint holds a {model_type!r} model, which cannot be used for `showers {command}`", file=p,
+            field="model_type", fix=f"pass a checkpoint of one of: {', '.join(model_types_for(command))}")
     try:
-        model.load_state_dict(state["modules"]["model"])
-    except (KeyError, RuntimeError) as exc:
-        raise InputFileError(f"checkpoint weights do not fit the model ({str(exc).splitlines()[0][:120]})",
-                             file=path, fix="pass an unmodified checkpoint") from exc
-    return LoadedModel(model, model_type, model_cfg, mesh, cond, state)
+        cfg = spec.config.model_validate(state.get("model_config", {}))
+    except ValidationError as exc:
+        raise InputFileError(f"checkpoint carries an invalid model config ({exc.errors()[0]['msg']})", file=p,
+                             field="model_config", fix="re-create the checkpoint with this mlfastsim version") from exc
+    norm = spec.normalisation_from(state, source=p)
+    if expect_mesh is not None and not same_mesh(expect_mesh, norm.geometry):
+        raise InputFileError(
+            f"checkpoint was trained on mesh {norm.geometry.describe()}, the data uses {expect_mesh.describe()}",
+            file=p, field="mesh", fix="adapt a model trained on the same mesh, or re-score the data",
+        )
+    modules = spec.build_modules(cfg, norm, seed=0)
+    saved: dict[str, Any] = state["modules"]
+    for name, module in modules.items():
+        if name not in saved:
+            raise InputFileError(f"checkpoint has no weights for {name!r}", file=p, field="modules",
+                                 fix="pass an unmodified checkpoint")
+        try:
+            module.load_state_dict(saved[name])
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise InputFileError(f"checkpoint weights do not fit the {model_type} model ({first})", file=p,
+                                 field="modules", fix="pass an unmodified checkpoint") from exc
+        module.to(map_location).eval()
+    return LoadedModel(spec, cfg, modules, norm, state, p)

@@ -1,6 +1,9 @@
-"""Registry of the hadron-shower models (arXiv:2112.09709): how to build, train and sample each one.
+"""The hadron-shower model types on a Cartesian grid (arXiv:2112.09709): wgan, bibae, postprocess, regressor.
 
-Every entry of :data:`HADRON_MODELS` gives
+Each is a :class:`~mlfastsim.showers.models.contract.ModelType` registered in
+:data:`mlfastsim.showers.models.MODELS`; they share the grid normalisation
+(:class:`~mlfastsim.showers.conditioning.grid.HadronNormalisation`) and differ in what they build.  The
+helpers below give, per type,
 
 * ``config``: its pydantic config class (the ``model:`` section, discriminated by ``type``);
 * ``build_modules(cfg, grid_shape, *, seed)``: fresh modules with the *same names* the training task's
@@ -21,14 +24,16 @@ Training order: ``regressor`` -> ``wgan``; ``bibae`` -> ``postprocess``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 from torch import nn
 
 from mlfastsim.core.errors import ConfigError
-from mlfastsim.core.trainer import TrainTask
+from mlfastsim.core.trainer import TrainerConfig, TrainTask
+from mlfastsim.showers.conditioning.base import TrainingData
+from mlfastsim.showers.conditioning.grid import HadronDataConfig, HadronNormalisation, load_hadron_data
 from mlfastsim.showers.models.bibae import (
     BIBAE,
     BIBAEConfig,
@@ -40,6 +45,7 @@ from mlfastsim.showers.models.bibae import (
     PostProcessor,
     PostProcessTask,
 )
+from mlfastsim.showers.models.contract import ModelType, Normalisation, Stage
 from mlfastsim.showers.models.wgan import (
     Critic,
     EnergyRegressor,
@@ -55,17 +61,6 @@ from mlfastsim.showers.models.wgan import (
 )
 
 AuxModules = dict[str, nn.Module] | None
-
-
-@dataclass(frozen=True)
-class HadronModelSpec:
-    """How to configure, build, train and sample one hadron-shower model type."""
-
-    config: type[BaseModel]
-    build_modules: Callable[..., dict[str, nn.Module]]
-    build_task: Callable[..., TrainTask]
-    sampler: Callable[[dict[str, nn.Module], Any, GridShape], nn.Module]
-    description: str
 
 
 def _expect(cfg: BaseModel, cls: type[BaseModel]) -> None:
@@ -88,11 +83,6 @@ def _regressor_task(cfg: RegressorConfig, grid_shape: GridShape, *, seed: int = 
                     aux_modules: AuxModules = None) -> TrainTask:
     reg = _regressor_modules(cfg, grid_shape, seed=seed)["regressor"]
     return RegressorTask(reg, cfg)  # type: ignore[arg-type]
-
-
-def _no_sampler(modules: dict[str, nn.Module], cfg: Any, grid_shape: GridShape) -> nn.Module:
-    raise ConfigError("the energy regressor is not a generative model", field="model.type",
-                      fix="generate or export with a wgan, bibae or postprocess checkpoint")
 
 
 # ------------------------------------------------------------------------------------------- wgan
@@ -189,25 +179,124 @@ def _pp_sampler(modules: dict[str, nn.Module], cfg: PostProcessConfig, grid_shap
     return BIBAESampler(modules["bibae"].decoder, modules["postprocessor"]).eval()  # type: ignore[arg-type]
 
 
-HADRON_MODELS: dict[str, HadronModelSpec] = {
-    "wgan": HadronModelSpec(WGANConfig, _wgan_modules, _wgan_task, _wgan_sampler,
-                            "conditional 3D WGAN-GP with an energy constrainer"),
-    "bibae": HadronModelSpec(BIBAEConfig, _bibae_modules, _bibae_task, _bibae_sampler,
-                             "BIB-AE: VAE with latent and main WGAN-GP critics"),
-    "postprocess": HadronModelSpec(PostProcessConfig, _pp_modules, _pp_task, _pp_sampler,
-                                   "BIB-AE + post-processor trained on the sorted-hit MMD"),
-    "regressor": HadronModelSpec(RegressorConfig, _regressor_modules, _regressor_task, _no_sampler,
-                                 "energy regressor (the WGAN's constrainer)"),
-}
+# ------------------------------------------------------------------------------------- registry entries
+_REGRESSOR_HINT = ("train one with `showers train-regressor` and set model.regressor_checkpoint, "
+                   "or set model.regressor_weight: 0")
+_BIBAE_HINT = ("train the BIB-AE first (showers train --config configs/hadrons/bibae.yaml) and set "
+               "model.bibae_checkpoint to its checkpoint")
 
 
-def get_hadron_spec(model_type: str) -> HadronModelSpec:
-    """The registry entry, or a one-line ConfigError naming the valid types."""
-    try:
-        return HADRON_MODELS[model_type]
-    except KeyError:
-        raise ConfigError(f"unknown hadron model type {model_type!r}", field="model.type",
-                          fix=f"use one of {', '.join(HADRON_MODELS)}") from None
+class _GridModel(ModelType):
+    """What the hadron model types share: the grid data, its normalisation, a [z, E] sampler input."""
+
+    data_config: ClassVar[type[HadronDataConfig]] = HadronDataConfig
+    geometry_kind: ClassVar[str] = "grid"
+    max_batch_size: ClassVar[int | None] = 1000
+    max_parity_samples: ClassVar[int] = 64
+    _modules: ClassVar[Callable[..., dict[str, nn.Module]]]
+    _task: ClassVar[Callable[..., TrainTask]]
+    _sampler: ClassVar[Callable[..., nn.Module] | None] = None
+
+    def tiny_data(self, files: list[Path]) -> HadronDataConfig:
+        # a few training steps leave every generated cell below the 0.5 MIP threshold: keep them all
+        return HadronDataConfig(files=files, crop=(7, 7), threshold_mev=0.0)
+
+    # the builders on a bare grid shape (what the normalisation-level methods below call; tests use them)
+    def modules_on(self, cfg: Any, grid_shape: GridShape, *, seed: int = 0) -> dict[str, nn.Module]:
+        return type(self)._modules(cfg, grid_shape, seed=seed)
+
+    def task_on(self, cfg: Any, grid_shape: GridShape, *, seed: int = 0, aux_modules: AuxModules = None) -> TrainTask:
+        return type(self)._task(cfg, grid_shape, seed=seed, aux_modules=aux_modules)
+
+    def sampler_on(self, modules: dict[str, nn.Module], cfg: Any, grid_shape: GridShape) -> nn.Module:
+        build = type(self)._sampler
+        if build is None:
+            return super().sampler(modules, cfg, None)  # type: ignore[arg-type]  (raises: not generative)
+        return build(modules, cfg, grid_shape)
+
+    def load_data(self, data_cfg: HadronDataConfig, *, expect: Normalisation | None = None) -> TrainingData:
+        return load_hadron_data(data_cfg, expect=expect if isinstance(expect, HadronNormalisation) else None)
+
+    def normalisation_from(self, meta: dict[str, Any], *, source: str | Path | None = None) -> HadronNormalisation:
+        return HadronNormalisation.from_meta(meta, source=source)
+
+    def build_modules(self, cfg: Any, norm: Normalisation, *, seed: int = 0) -> dict[str, nn.Module]:
+        return self.modules_on(cfg, norm.geometry.shape, seed=seed)
+
+    def build_task(self, cfg: Any, norm: Normalisation, *, seed: int, trainer: TrainerConfig, total_steps: int,
+                   aux: dict[str, nn.Module] | None = None) -> TrainTask:
+        """The GAN-style tasks own their optimisers (learning rates in the model config)."""
+        return self.task_on(cfg, norm.geometry.shape, seed=seed, aux_modules=aux)
+
+    def latent_dim(self, cfg: Any) -> int:
+        if type(self)._sampler is None:
+            return super().latent_dim(cfg)
+        return latent_dim(cfg)
+
+    def sampler(self, modules: dict[str, nn.Module], cfg: Any, norm: Normalisation, *,
+                voxel_order: str = "native") -> nn.Module:
+        return self.sampler_on(modules, cfg, norm.geometry.shape)
+
+    def output_description(self, norm: Normalisation) -> str:
+        assert isinstance(norm, HadronNormalisation)
+        return (f"cell energy / {norm.energy_scale_mev:g} MeV, voxel order z,y,x (x fastest); zero cells below "
+                f"{norm.threshold_mev:g} MeV after scaling")
+
+
+class RegressorModel(_GridModel):
+    name: ClassVar[str] = "regressor"
+    description: ClassVar[str] = "energy regressor (the WGAN's constrainer)"
+    config: ClassVar[type[RegressorConfig]] = RegressorConfig
+    commands: ClassVar[frozenset[str]] = frozenset({"train", "tune"})
+    _modules = staticmethod(_regressor_modules)
+    _task = staticmethod(_regressor_task)
+
+    def tiny_config(self) -> RegressorConfig:
+        return RegressorConfig(channels=[4, 8], hidden=16)
+
+
+class WGANModel(_GridModel):
+    name: ClassVar[str] = "wgan"
+    description: ClassVar[str] = "conditional 3D WGAN-GP with an energy constrainer"
+    config: ClassVar[type[WGANConfig]] = WGANConfig
+    _modules = staticmethod(_wgan_modules)
+    _task = staticmethod(_wgan_task)
+    _sampler = staticmethod(_wgan_sampler)
+
+    def tiny_config(self) -> WGANConfig:
+        return WGANConfig(latent_dim=6, generator_channels=[8, 4], critic_channels=[4, 8], critic_hidden=16,
+                          n_critic=2, regressor=RegressorModel().tiny_config())
+
+    def stages(self, cfg: WGANConfig) -> list[Stage]:
+        return [Stage("regressor_checkpoint", "regressor", _REGRESSOR_HINT)] if cfg.regressor_weight > 0 else []
+
+
+class BIBAEModel(_GridModel):
+    name: ClassVar[str] = "bibae"
+    description: ClassVar[str] = "BIB-AE: VAE with latent and main WGAN-GP critics"
+    config: ClassVar[type[BIBAEConfig]] = BIBAEConfig
+    _modules = staticmethod(_bibae_modules)
+    _task = staticmethod(_bibae_task)
+    _sampler = staticmethod(_bibae_sampler)
+
+    def tiny_config(self) -> BIBAEConfig:
+        return BIBAEConfig(latent_dim=5, encoder_channels=[4, 8], encoder_hidden=32, decoder_channels=[8, 4],
+                           critic_channels=[4, 8], critic_hidden=16, latent_critic_hidden=[16])
+
+
+class PostProcessModel(_GridModel):
+    name: ClassVar[str] = "postprocess"
+    description: ClassVar[str] = "BIB-AE + post-processor trained on the sorted-hit MMD"
+    config: ClassVar[type[PostProcessConfig]] = PostProcessConfig
+    _modules = staticmethod(_pp_modules)
+    _task = staticmethod(_pp_task)
+    _sampler = staticmethod(_pp_sampler)
+
+    def tiny_config(self) -> PostProcessConfig:
+        return PostProcessConfig(bibae=BIBAEModel().tiny_config(), channels=[16, 16], sorted_k=40, lr=3e-3)
+
+    def stages(self, cfg: PostProcessConfig) -> list[Stage]:
+        return [Stage("bibae_checkpoint", "bibae", _BIBAE_HINT)]
 
 
 def latent_dim(cfg: BaseModel) -> int:

@@ -1,4 +1,4 @@
-"""The Par04 / MetaHEP conditional VAE.
+"""The Par04 / MetaHEP conditional VAE, and its registry entry (``model.type: vae``).
 
 Encoder: [voxels, conditions] -> 100-50-20-14 (batch norm + leaky ReLU) -> (mu, log sigma^2) of a
 10-dimensional latent; decoder mirrored: [z, conditions] -> 14-20-50-100 -> voxels with a sigmoid.
@@ -9,13 +9,37 @@ divergence to N(0, 1), both averaged over the batch.  Every size comes from :cla
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
+from scipy.special import expit
 from torch import nn
 
 from mlfastsim.core import distributed as dist_utils
-from mlfastsim.showers.config import VAEConfig
+from mlfastsim.core.config import StrictModel
+from mlfastsim.core.trainer import SupervisedTask, TrainerConfig, TrainTask, make_optimizer, make_scheduler
+from mlfastsim.showers.conditioning.base import TrainingData
+from mlfastsim.showers.conditioning.em import DataConfig, EMNormalisation, load_training_data
+from mlfastsim.showers.models.contract import ModelType, Normalisation
+from mlfastsim.showers.models.layout import voxel_permutation
+
+# Below this many output values, GeneratorModule.generate_into finishes on the calling thread (see there).
+_SERIAL_ELEMENTS = 1 << 18
+
+
+class VAEConfig(StrictModel):
+    """The Par04 VAE: encoder 100-50-20-14 with batch norm and leaky ReLU, latent 10, mirrored decoder."""
+
+    type: Literal["vae"] = "vae"
+    encoder_sizes: list[int] = Field(default_factory=lambda: [100, 50, 20, 14])
+    latent_dim: int = Field(10, ge=1)
+    batch_norm: bool = True
+    leaky_relu_slope: float = 0.01
+    kl_weight: float = Field(1.0, ge=0.0)
 
 
 def _mlp(sizes: list[int], cfg: VAEConfig) -> nn.Sequential:
@@ -78,3 +102,149 @@ def vae_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, tor
     kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
     inner = model.module if hasattr(model, "module") else model
     return {"loss": bce + inner.kl_weight * kl, "bce": bce, "kl": kl}
+
+
+# -------------------------------------------------------------------------------------- generator
+class GeneratorModule(nn.Module):
+    """A model's generator as one function of one input: [z, E/MAX_E, angle/MAX_A, one-hot] -> [0, 1].
+
+    The single concatenated input is Par04's contract; the last layer is kept apart from the hidden
+    stack so :meth:`generate_into` can write its matrix product straight into the caller's buffer.
+    """
+
+    def __init__(self, hidden: nn.Module, output: nn.Linear, *, latent_dim: int, n_conditions: int) -> None:
+        super().__init__()
+        if output.bias is None:
+            raise ValueError("the generator's output layer needs a bias (Par04 decoders have one)")
+        self.hidden = hidden
+        self.output = output
+        self.latent_dim = latent_dim
+        self.n_conditions = n_conditions
+        self.n_voxels = output.out_features
+
+    @property
+    def input_width(self) -> int:
+        return self.latent_dim + self.n_conditions
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.output(self.hidden(x)))
+
+    def generate_into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``forward(x)`` written into ``out`` (no output allocation; call under ``torch.inference_mode``).
+
+        Same operations as :meth:`forward` (the addmm that ``nn.Linear`` runs, then the sigmoid), done
+        in place: a fresh 160 kB-per-shower output costs as much in page faults as the product itself.
+
+        Small outputs (a few showers; Geant4 asks for one at a time) take another route: the product via
+        GEMV for one row, then bias and sigmoid in one numpy/scipy pass on the calling thread.  torch's
+        OpenMP-parallel elementwise ops (and MKL's GEMM with one row) wait for a descheduled worker
+        thread whenever the machine is busy, which turned 0.5 ms showers into 10 ms ones.
+        """
+        h = self.hidden(x)
+        weight, bias = self.output.weight, self.output.bias
+        if out.device.type == "cpu" and out.numel() <= _SERIAL_ELEMENTS:
+            if h.shape[0] == 1:
+                torch.mv(weight, h[0], out=out[0])
+            else:
+                torch.mm(h, weight.t(), out=out)
+            values = out.numpy()
+            np.add(values, bias.detach().numpy(), out=values)
+            expit(values, out=values)
+            return out
+        torch.addmm(bias, h, weight.t(), out=out)
+        return torch.sigmoid_(out)
+
+
+def _permuted_linear(layer: nn.Linear, permutation: np.ndarray | None) -> nn.Linear:
+    if permutation is None:
+        return layer
+    index = torch.from_numpy(permutation).to(layer.weight.device)
+    new = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                    device=layer.weight.device, dtype=layer.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(layer.weight[index])
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias[index])
+    return new
+
+
+def vae_generator(model: nn.Module, permutation: np.ndarray | None) -> GeneratorModule:
+    """The Par04 VAE's decoder (hidden stack + voxel layer + sigmoid) as a :class:`GeneratorModule`."""
+    if not isinstance(model, ShowerVAE):
+        raise TypeError(f"expected a ShowerVAE, got {type(model).__name__}")
+    return GeneratorModule(model.decoder, _permuted_linear(model.to_voxels, permutation),
+                           latent_dim=model.latent_dim, n_conditions=model.n_conditions).eval()
+
+
+# -------------------------------------------------------------------------------------- registry entry
+class VAEModel(ModelType):
+    """``vae``: the Par04/MetaHEP VAE on a cylindrical mesh, meta-trainable and adaptable across geometries."""
+
+    name: ClassVar[str] = "vae"
+    description: ClassVar[str] = "Par04/MetaHEP conditional VAE (cylindrical mesh, geometry one-hot)"
+    config: ClassVar[type[VAEConfig]] = VAEConfig
+    data_config: ClassVar[type[DataConfig]] = DataConfig
+    commands: ClassVar[frozenset[str]] = frozenset({"train", "tune", "meta-train", "adapt", "generate", "export"})
+    voxel_orders: ClassVar[tuple[str, ...]] = ("par04", "native")
+    loss = staticmethod(vae_loss)
+
+    def tiny_config(self) -> VAEConfig:
+        return VAEConfig(encoder_sizes=[16, 8], latent_dim=3)
+
+    def load_data(self, data_cfg: DataConfig, *, expect: Normalisation | None = None) -> TrainingData:
+        mesh = expect.geometry if isinstance(expect, EMNormalisation) else None
+        return load_training_data(data_cfg, mesh=mesh)
+
+    def normalisation_from(self, meta: dict[str, Any], *, source: str | Path | None = None) -> EMNormalisation:
+        return EMNormalisation.from_meta(meta, source=source)
+
+    def build_modules(self, cfg: VAEConfig, norm: Normalisation, *, seed: int = 0) -> dict[str, nn.Module]:
+        """The VAE under ``model``; weights from torch's global generator, which the caller seeds."""
+        return {"model": ShowerVAE(norm.geometry.n_voxels, norm.cond_width, cfg)}
+
+    def build_task(self, cfg: VAEConfig, norm: Normalisation, *, seed: int, trainer: TrainerConfig,
+                   total_steps: int, aux: dict[str, nn.Module] | None = None) -> TrainTask:
+        model = self.build_modules(cfg, norm, seed=seed)["model"]
+        optimizer = make_optimizer(model.parameters(), trainer)
+        return SupervisedTask(model, vae_loss, optimizer, make_scheduler(optimizer, trainer, total_steps),
+                              grad_clip=trainer.grad_clip)
+
+    def latent_dim(self, cfg: VAEConfig) -> int:
+        return cfg.latent_dim
+
+    def sampler(self, modules: dict[str, nn.Module], cfg: VAEConfig, norm: Normalisation, *,
+                voxel_order: str = "native") -> GeneratorModule:
+        return vae_generator(modules["model"], voxel_permutation(norm.geometry, voxel_order))
+
+    def output_description(self, norm: Normalisation) -> str:
+        return "multiply by the incident energy (MeV) to get the energy per voxel in MeV"
+
+    def sidecar_fields(self, cfg: VAEConfig, norm: Normalisation, latent_dim: int, voxel_order: str,
+                       onnx_file: str) -> dict[str, Any]:
+        """Par04's constants and macro lines: what ``Par04InferenceSetup`` must be told about this file."""
+        assert isinstance(norm, EMNormalisation)
+        cond, mesh = norm.conditioning, norm.geometry
+        slots = cond.n_geometry_slots
+        return {
+            "n_geometry_slots": slots,
+            "max_energy_mev": cond.max_energy_gev * 1000.0,
+            "max_energy_gev": cond.max_energy_gev,
+            "max_angle_deg": cond.max_angle_deg,
+            "geant4_par04": {
+                "macro": [
+                    f"/Par04/inference/setSizeLatentVector {latent_dim}",
+                    f"/Par04/inference/setSizeConditionVector {2 + slots}",
+                    f"/Par04/inference/setModelPathName {onnx_file}",
+                    "/Par04/inference/setInferenceLibrary ONNX",
+                    f"/Par04/inference/setSizeOfRhoCells {mesh.size_r} mm",
+                    f"/Par04/inference/setSizeOfZCells {mesh.size_z} mm",
+                    f"/Par04/inference/setNbOfRhoCells {mesh.n_r}",
+                    f"/Par04/inference/setNbOfPhiCells {mesh.n_phi}",
+                    f"/Par04/inference/setNbOfZCells {mesh.n_z}",
+                ],
+                "notes": "Par04InferenceSetup hard-codes fMaxEnergy (1024000 MeV), fMaxAngle (90 deg) and a 2-slot "
+                         "one-hot; set them to max_energy_mev, max_angle_deg and the geometry slot above. "
+                         + ("The output is in Par04's voxel order." if voxel_order == "par04"
+                            else "The output is in mlfastsim's native voxel order, not Par04's."),
+            },
+        }

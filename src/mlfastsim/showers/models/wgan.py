@@ -44,6 +44,7 @@ from mlfastsim.core import distributed as dist_utils
 from mlfastsim.core.config import StrictModel
 from mlfastsim.core.errors import ConfigError, DataError
 from mlfastsim.core.trainer import Batch, SupervisedTask
+from mlfastsim.showers.models.losses import mmd, sorted_hit_mmd
 
 GridShape = tuple[int, int, int]
 
@@ -529,8 +530,6 @@ class WGANTask:
 
     def _aux(self, real: torch.Tensor, fake: torch.Tensor, e: torch.Tensor) -> dict[str, torch.Tensor]:
         """Unpaired auxiliary generator terms (sorted-hit MMD, summary MMD); empty when their weights are 0."""
-        from mlfastsim.showers.models.bibae import mmd, sorted_hit_mmd  # bibae imports this module
-
         out: dict[str, torch.Tensor] = {}
         if self.cfg.hit_mmd_weight > 0:
             out["hit_mmd"] = sorted_hit_mmd(real, fake, 400, log=True)

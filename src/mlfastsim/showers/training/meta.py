@@ -72,11 +72,13 @@ from mlfastsim.core.trainer import (
     make_optimizer,
     split_train_val,
 )
-from mlfastsim.showers.conditioning.em import denormalise_showers, load_training_data, make_conditions
-from mlfastsim.showers.config import AdaptConfig, ConditioningConfig, DataConfig, MetaConfig, TrainConfig
+from mlfastsim.showers.conditioning.em import EMNormalisation, load_training_data, make_conditions
+from mlfastsim.showers.config import AdaptConfig, DataConfig, MetaConfig, TrainConfig
 from mlfastsim.showers.geometry import CylindricalMesh
-from mlfastsim.showers.io.formats import ShowerData
-from mlfastsim.showers.models import build_model, get_model_spec, load_model, model_meta
+from mlfastsim.showers.io.native import ShowerData
+from mlfastsim.showers.models import LoadedModel, checkpoint_meta, get_model_type, load_model, require_command
+from mlfastsim.showers.pretrained import pretrained_path
+from mlfastsim.showers.training.train import plot_hook, sample_normalised, train_from_config, validation_reference
 
 logger = logging.getLogger(__name__)
 
@@ -387,17 +389,20 @@ def task_losses(model: nn.Module, tasks: Sequence[GeometryTask], loss_fn: LossFn
 def meta_train(cfg: MetaConfig, *, resume: bool | str | Path = False, progress: bool = True) -> TrainResult:
     """Meta-train the configured model over one task per file; checkpoints in ``output_dir/checkpoints``.
 
-    Checkpoints carry the model metadata (:func:`~mlfastsim.showers.models.model_meta`), so
+    Checkpoints carry the model metadata (:func:`~mlfastsim.showers.models.checkpoint_meta`), so
     :func:`~mlfastsim.showers.models.load_model`, ``adapt``, ``generate`` and ``export`` read them like
     any other shower checkpoint.  Under torchrun the tasks of each meta-step are split over the ranks
     (:meth:`MetaTask.train_step`); only rank 0 writes.
     """
     device = select_device(cfg.device)
     dist_utils.init_distributed(device)
-    spec = get_model_spec(cfg.model.type)
+    spec = get_model_type(cfg.model.type)
+    require_command(spec, "meta-train")
+    assert spec.loss is not None  # meta-learning steps on one module's supervised loss
     tasks, mesh = load_tasks(cfg.data, seed=cfg.seed, device=device)
+    norm = EMNormalisation(mesh, cfg.data.conditioning)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, mesh, cfg.data.conditioning).to(device)
+    model = spec.build_modules(cfg.model, norm, seed=cfg.seed)["model"].to(device)
     init_output_bias(model, torch.cat([t.train[0] for t in tasks]))
     task = MetaTask(model, tasks, cfg, spec.loss, device)
     trainer_cfg = TrainerConfig(
@@ -408,7 +413,7 @@ def meta_train(cfg: MetaConfig, *, resume: bool | str | Path = False, progress: 
     val_data = tuple(torch.cat(parts) for parts in zip(*val, strict=True)) if val else None
     outdir = ensure_writable_dir(cfg.output_dir) if dist_utils.is_main() else Path(cfg.output_dir)
     tracker = tracker_from_config(cfg.tracking, default_name="meta-train") if dist_utils.is_main() else None
-    meta = model_meta(cfg.model, mesh, cfg.data.conditioning)
+    meta = checkpoint_meta(spec, cfg.model, norm)
     meta["meta_training"] = {
         "algorithm": cfg.algorithm,
         "tasks": [{"name": t.name, "file": str(t.file), "slot": t.slot, "n_train": t.n_train} for t in tasks],
@@ -463,8 +468,6 @@ def adapt(cfg: AdaptConfig, *, progress: bool = True, resume: bool = False) -> A
     loss per checkpoint step, the un-adapted model's loss and the best step).  ``resume`` continues the
     named run (``run_name`` required) from its latest checkpoint.
     """
-    from mlfastsim.showers.pretrained import pretrained_path
-
     t0 = time.perf_counter()
     device = select_device(cfg.device)
     if resume and not cfg.run_name:
@@ -478,7 +481,7 @@ def adapt(cfg: AdaptConfig, *, progress: bool = True, resume: bool = False) -> A
     slots = cfg.data.geometry_index if cfg.data.geometry_index is not None else [0] * len(files)
     data_cfg = cfg.data.model_copy(update={"geometry_index": list(slots)})
     data = load_training_data(data_cfg)
-    loaded = load_model(ckpt, expect_mesh=data.mesh, map_location="cpu")
+    loaded = load_model(ckpt, expect_mesh=data.mesh, command="adapt", map_location="cpu")
     cond = loaded.conditioning
     if cond != cfg.data.conditioning:
         if "conditioning" in cfg.data.model_fields_set:
@@ -490,7 +493,8 @@ def adapt(cfg: AdaptConfig, *, progress: bool = True, resume: bool = False) -> A
             make_conditions(s.energies, s.angles, gi, cond) for s, gi in zip(data.samples, slots, strict=True)
         ]))
     (x_tr, c_tr), (x_val, c_val) = split_train_val((data.x, data.c), cfg.data.val_fraction, cfg.seed)
-    spec = get_model_spec(loaded.model_type)
+    spec = loaded.spec
+    assert spec.loss is not None  # "adapt" is only declared by single-module families with a supervised loss
     model = loaded.model.to(device)
     trainer_cfg = TrainerConfig(
         max_steps=cfg.adaptation_steps, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
@@ -506,7 +510,7 @@ def adapt(cfg: AdaptConfig, *, progress: bool = True, resume: bool = False) -> A
                                       "data": data_cfg.model_copy(update={"conditioning": cond})})
     tracking = cfg.tracking.model_copy(update={"run_name": cfg.tracking.run_name or f"{cfg.study_name}-{run_name}"})
     tracker = tracker_from_config(tracking, default_name="adapt") if dist_utils.is_main() else None
-    meta = model_meta(loaded.model_config, loaded.mesh, cond)
+    meta = checkpoint_meta(spec, loaded.config, loaded.norm)
     meta["adaptation"] = {"pretrained": str(ckpt), "study_name": cfg.study_name, "run_name": run_name,
                           "files": [str(f) for f in files], "geometry_index": [int(s) for s in slots]}
     try:
@@ -520,12 +524,9 @@ def adapt(cfg: AdaptConfig, *, progress: bool = True, resume: bool = False) -> A
         )
         unadapted = trainer.evaluate().get("loss")
         if cfg.plot_freq and x_val.shape[0] > 1:
-            from mlfastsim.showers.training.train import plot_hook
-
-            e_val = (c_val[:, 0].numpy() * cond.max_energy_gev * 1000.0).astype(np.float32)
-            a_val = (c_val[:, 1].numpy() * cond.max_angle_deg).astype(np.float32)
-            trainer.add_hook(cfg.plot_freq, plot_hook(x_val.to(device), c_val.to(device), e_val, a_val,
-                                                      data.mesh, run_dir, tracker, seed=cfg.seed))
+            reference = validation_reference(data, x_val, cfg.data.val_fraction, cfg.seed)
+            trainer.add_hook(cfg.plot_freq, plot_hook(spec, loaded.config, loaded.norm, reference, c_val.to(device),
+                                                      run_dir, tracker, seed=cfg.seed))
         result = trainer.fit(resume=resume)
     finally:
         if tracker is not None:
@@ -570,27 +571,29 @@ def adapt(cfg: AdaptConfig, *, progress: bool = True, resume: bool = False) -> A
 
 def train_from_scratch(cfg: TrainConfig, **kwargs: Any) -> TrainResult:
     """The baseline without meta-learning: plain ``showers train`` (``training.train_from_config``)."""
-    from mlfastsim.showers.training.train import train_from_config
-
     return train_from_config(cfg, **kwargs)
 
 
 # ------------------------------------------------------------------------------ quality checks
-@torch.no_grad()
-def sample_like(model: nn.Module, reference: ShowerData, *, geometry_index: int, conditioning: ConditioningConfig,
-                seed: int = 0, batch_size: int = 4096, threshold_mev: float | None = None) -> ShowerData:
-    """Generate one shower per reference shower, at its energy and angle, in MeV.
+def sample_like(loaded: LoadedModel, reference: ShowerData, *, geometry_index: int, seed: int = 0,
+                batch_size: int = 4096, threshold_mev: float | None = None) -> ShowerData:
+    """Generate one shower per reference shower, at its energy and angle, in MeV, from a loaded model.
 
     ``threshold_mev`` zeroes generated cells below a readout threshold (a VAE's sigmoid never gives an
-    exact zero, so without it every cell counts as hit).
+    exact zero, so without it every cell counts as hit).  z is drawn with a torch generator seeded by
+    ``seed``, batch after batch.
     """
-    device = next(model.parameters()).device
-    cond = torch.from_numpy(make_conditions(reference.energies, reference.angles, geometry_index, conditioning))
+    norm = loaded.norm
+    device = next(p for m in loaded.modules.values() for p in m.parameters()).device
+    cond = torch.from_numpy(norm.conditions(reference.energies, reference.angles, geometry_index))
     g = torch.Generator(device=device).manual_seed(seed)
     parts = []
     for lo in range(0, len(reference), batch_size):
-        parts.append(model.sample(cond[lo : lo + batch_size].to(device), generator=g).cpu().numpy())
-    showers = denormalise_showers(np.concatenate(parts), reference.energies)
+        parts.append(sample_normalised(loaded.spec, loaded.modules, loaded.config, norm,
+                                       cond[lo : lo + batch_size].to(device), g).cpu().numpy())
+    showers = np.concatenate(parts).reshape(len(reference), -1) * norm.row_scale(reference.energies)[:, None]
+    norm.finish_(showers)
+    showers = showers.astype(np.float32)
     if threshold_mev is not None:
         showers[showers < threshold_mev] = 0.0
     return ShowerData(reference.energies, showers, reference.mesh, reference.angles,
