@@ -45,7 +45,6 @@ from mlfastsim.showers.io.native import ShowerData, write_native
 from mlfastsim.showers.models import MODELS, LoadedModel, ModelType, Normalisation
 from mlfastsim.showers.models.contract import conditioning_of
 from mlfastsim.showers.models.layout import VOXEL_ORDERS
-from mlfastsim.showers.models.vae import GeneratorModule
 from mlfastsim.showers.sim.em import make_kinematics
 
 logger = logging.getLogger(__name__)
@@ -167,8 +166,8 @@ def load_onnx_generator(path: str | Path, *, num_threads: int | None = None) -> 
 class _TorchBackend:
     """Runs a sampler module into the final output (CPU) or through a device buffer (GPU).
 
-    A :class:`GeneratorModule` (the VAE's decoder) writes its product straight into the output; any other
-    sampler returns a tensor that is copied.
+    A sampler with ``generate_into(x, out)`` (the VAE's :class:`~mlfastsim.showers.models.vae.GeneratorModule`)
+    writes straight into the output; any other returns a tensor that is copied.
     """
 
     def __init__(self, generator: nn.Module, n_voxels: int, input_width: int) -> None:
@@ -179,8 +178,9 @@ class _TorchBackend:
         self._buffer: torch.Tensor | None = None
 
     def _run_into(self, xt: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.generator, GeneratorModule):
-            return self.generator.generate_into(xt, out)
+        generate_into = getattr(self.generator, "generate_into", None)
+        if generate_into is not None:
+            return generate_into(xt, out)
         out.copy_(self.generator(xt).reshape(out.shape))
         return out
 
@@ -232,7 +232,7 @@ class _OnnxBackend:
             np.multiply(scratch.reshape(dst.shape), scale[start:start + b, None, None, None], out=dst)
 
 
-GeneratorSource = GeneratorModule | LoadedModel | OnnxGenerator | ort.InferenceSession
+GeneratorSource = nn.Module | LoadedModel | OnnxGenerator | ort.InferenceSession
 
 
 def _backend(source: GeneratorSource, norm: Normalisation | None, voxel_order: str
@@ -249,8 +249,13 @@ def _backend(source: GeneratorSource, norm: Normalisation | None, voxel_order: s
     if norm is None:
         raise ConfigError(f"generating from a bare {type(source).__name__} needs its normalisation",
                           field="normalisation", fix="pass the ConditioningConfig or normalisation it was trained with")
-    if isinstance(source, GeneratorModule):
-        return _TorchBackend(source, source.n_voxels, source.input_width), source.input_width, source.n_voxels, norm
+    if isinstance(source, nn.Module):
+        width = int(getattr(source, "input_width", 0))
+        n_voxels = int(getattr(source, "n_voxels", 0))
+        if not width or not n_voxels:
+            raise ConfigError(f"a bare {type(source).__name__} must say its input_width and n_voxels",
+                              field="model", fix="pass a LoadedModel (load_model) instead")
+        return _TorchBackend(source, n_voxels, width), width, n_voxels, norm
     if isinstance(source, ort.InferenceSession):
         runner = OnnxRunner(source)
         width, n_vox = runner.signature.input_width, runner.signature.output_width
@@ -279,7 +284,8 @@ def generate(
     """Showers in MeV, (N, n_voxels) float32 in the native voxel order, for the given kinematics.
 
     ``model_or_session``: a :class:`LoadedModel` (checkpoint) or an :class:`OnnxGenerator` (ONNX + sidecar),
-    which carry their normalisation; or a bare :class:`GeneratorModule` / ``onnxruntime.InferenceSession``,
+    which carry their normalisation; or a bare sampler module (with ``input_width`` and ``n_voxels``, as the
+    VAE's ``GeneratorModule``) / ``onnxruntime.InferenceSession``,
     for which ``normalisation`` (a ConditioningConfig means the VAE's) and, for a session, ``mesh`` and
     ``voxel_order`` say how to read the output (the default is what ``showers export`` writes for the VAE).
     z is drawn batch after batch from ``numpy.random.default_rng(seed)``: the same seed gives the same
