@@ -80,7 +80,18 @@ def _ratio_panel(
     finite = ratio[np.isfinite(ratio)]
     spread = float(np.nanmax(np.abs(finite - 1.0))) if finite.size else 0.1
     half = min(max(1.15 * spread, 0.05), 1.0)
-    ax.set_ylim(1.0 - half, 1.0 + half)
+    lo, hi = 1.0 - half, 1.0 + half
+    ax.set_ylim(lo, hi)
+    # ratios beyond the panel (it stops at 0..2) are marked at its edge, so nothing off scale goes unseen
+    xs = np.asarray(x, dtype=np.float64)
+    above = np.isfinite(ratio) & (ratio > hi)
+    below = np.isfinite(ratio) & (ratio < lo)
+    if above.any():
+        ax.plot(xs[above], np.full(int(above.sum()), hi - 0.04 * half), "^", color=CAND_COLOUR, markersize=4,
+                clip_on=False, label="off scale")
+    if below.any():
+        ax.plot(xs[below], np.full(int(below.sum()), lo + 0.04 * half), "v", color=CAND_COLOUR, markersize=4,
+                clip_on=False)
     ax.set_ylabel("cand./ref.", fontsize=8)
     ax.grid(alpha=0.3)
 

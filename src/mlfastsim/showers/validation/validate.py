@@ -1,10 +1,13 @@
 """``showers validate``: compare a candidate shower sample with a reference, end to end.
 
-:func:`run_validation` is what the CLI calls: it checks that both samples share a mesh, computes the
-observables (Par04 and CaloChallenge), the distances between their distributions (separation power,
-Wasserstein-1, FPD, KPD), optionally the classifier tests, draws the figures and writes
-``metrics.json``, the PNGs and a self-contained ``report.html`` into the output directory.
-:func:`summary_table` turns the returned metrics into the table the CLI prints.
+:func:`run_validation` is what the CLI calls: it checks that both samples share a mesh, applies the
+geometry's readout threshold (:func:`default_threshold`), computes the observables (Par04 and
+CaloChallenge), the distances between their distributions (separation power, Wasserstein-1, FPD, KPD),
+each with its same-vs-same statistical floor, optionally the CaloChallenge-exact histograms
+(``binning_mode="calochallenge"``) and the classifier tests (our fast recipe or the official one), draws
+the figures and writes ``metrics.json``, the PNGs and a self-contained ``report.html`` into the output
+directory.  A metric that cannot be computed is recorded as unavailable with its reason; the folder is
+never left empty.  :func:`summary_table` turns the returned metrics into the table the CLI prints.
 """
 
 from __future__ import annotations
