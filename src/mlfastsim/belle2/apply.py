@@ -111,7 +111,8 @@ def apply_filter(cfg: ApplyConfig, *, progress: bool = True) -> dict[str, Any]:
     if cfg.input is None:
         raise ConfigError("no input file", field="--input", fix="pass -i EVENTS.h5 (generator-level particles)")
     if cfg.checkpoint is None:
-        raise ConfigError("no checkpoint", field="--checkpoint", fix="pass --checkpoint OUT/checkpoints/step_N.pt")
+        raise ConfigError("no checkpoint", field="--checkpoint",
+                          fix="pass --checkpoint OUT/best.pt (or OUT/best, OUT/latest)")
     model, inputs, vocab, sizes = load_filter(cfg.checkpoint, cfg.model_file)
     frames = []
     filter_cpu = 0.0

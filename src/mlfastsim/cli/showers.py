@@ -351,8 +351,19 @@ def adapt(
     console.print(
         f"[green]adapted[/] run {result.run_dir} in {result.seconds:.1f} s: validation loss {before} before, "
         f"best {result.best_val_loss:.4g} at step {result.best_step}; {len(result.checkpoints)} checkpoints kept "
-        f"(export one with --adaptation-step N); summary {result.summary_path}"
+        f"(export one with --adaptation-step N, latest or best); summary {result.summary_path}"
     )
+
+
+def _step_ref(text: str | None) -> int | str | None:
+    """``--adaptation-step``: a step number, or ``latest`` / ``best``."""
+    if text is None or text in ("latest", "best"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a step", field="--adaptation-step",
+                          fix="pass a step number, latest or best") from None
 
 
 @app.command()
@@ -361,8 +372,9 @@ def export(
     set_: SetOpt = None,
     study_name: Annotated[str | None, typer.Option("--study-name")] = None,
     run_name: Annotated[str | None, typer.Option("--run-name", help="Default: the study's latest run.")] = None,
-    adaptation_step: Annotated[int | None, typer.Option("--adaptation-step", help="Default: the last one.")]
-    = None,
+    adaptation_step: Annotated[str | None, typer.Option(
+        "--adaptation-step", metavar="STEP|latest|best",
+        help="A step, latest (default) or best (lowest validation loss).")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Export this checkpoint instead of a study's.")] = None,
     onnx_file_name: Annotated[Path | None, typer.Option("--onnx-file-name", help="Output .onnx file.")] = None,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", help="Where studies live (runs).")] = None,
@@ -373,7 +385,7 @@ def export(
 
     cfg = load_config(
         ExportConfig, config,
-        cli={"study_name": study_name, "run_name": run_name, "adaptation_step": adaptation_step,
+        cli={"study_name": study_name, "run_name": run_name, "adaptation_step": _step_ref(adaptation_step),
              "checkpoint": checkpoint, "onnx_file_name": onnx_file_name, "output_dir": output_dir},
         overrides=set_ or [],
     )

@@ -103,19 +103,18 @@ STEPS: tuple[Step, ...] = (
     Step(
         "adapt",
         "few-shot adaptation of the meta-model to the new geometry (every checkpoint kept)",
-        'set -e; ckpt=$(ls "{in:meta_train.run}"/checkpoints/step_*.pt | sort | tail -n 1); '
-        'mlfastsim showers adapt --data "{in:simulate.data}/new.h5" --checkpoint "$ckpt" --study-name road '
-        '--run-name adapted --adaptation-steps "{param:adaptation_steps}" --plot-freq 0 '
+        'mlfastsim showers adapt --checkpoint "{in:meta_train.run}/latest" --data "{in:simulate.data}/new.h5" '
+        '--study-name road --run-name adapted --adaptation-steps "{param:adaptation_steps}" --plot-freq 0 '
         '--set output_dir="{out:runs}" --set tracking.dir="{out:runs}/tracking"',
         ("runs",),
     ),
     Step(
         "validate",
         "generate showers of the new geometry with the adapted model and compare them with the reference",
-        'set -e; ckpt=$(ls "{in:adapt.runs}"/road/adapted/checkpoints/step_*.pt | sort | tail -n 1); '
-        'mkdir -p "{out:report}"; '
-        'mlfastsim showers generate --checkpoint "$ckpt" --energy-gev "{param:energies_gev}" '
-        '--n-per-point "{param:n_adapt}" --geometry-index 0 --seed "{param:seed}" -o "{out:report}/generated.h5"; '
+        'set -e; mkdir -p "{out:report}"; '
+        'mlfastsim showers generate --checkpoint "{in:adapt.runs}/road/adapted/best" '
+        '--energy-gev "{param:energies_gev}" --n-per-point "{param:n_adapt}" --geometry-index 0 '
+        '--seed "{param:seed}" -o "{out:report}/generated.h5"; '
         'mlfastsim showers validate --reference "{in:simulate.data}/new.h5" --candidate "{out:report}/generated.h5" '
         '--no-classifier --set tracking.dir="{out:report}/tracking" -o "{out:report}"',
         ("report",),
@@ -125,7 +124,7 @@ STEPS: tuple[Step, ...] = (
         "the adapted decoder as ONNX (Par04 C++ inference layout) with its JSON sidecar",
         'set -e; mkdir -p "{out:model}"; '
         'mlfastsim showers export --output-dir "{in:adapt.runs}" --study-name road --run-name adapted '
-        '--onnx-file-name "{out:model}/model.onnx"',
+        '--adaptation-step best --onnx-file-name "{out:model}/model.onnx"',
         ("model",),
         run_after=("validate",),
     ),

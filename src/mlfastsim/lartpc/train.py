@@ -27,10 +27,12 @@ from torch import nn
 from mlfastsim.core import distributed as dist_utils
 from mlfastsim.core.checkpoint import (
     checkpoint_path,
+    is_checkpoint_ref,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     load_matching_weights,
+    resolve_checkpoint_ref,
 )
 from mlfastsim.core.config import dump_config
 from mlfastsim.core.devices import select_device
@@ -306,12 +308,15 @@ def _plot(outdir: Path, rows: list[dict[str, float]], pred: Predictions, events:
 
 # ------------------------------------------------------------------------------------------- checkpoints
 def resolve_checkpoint(path: Path, field: str) -> Path:
-    """A checkpoint file, a run directory whose latest checkpoint is meant, or ``pretrained:NAME`` (shipped)."""
+    """A checkpoint file, a run directory (its latest checkpoint), ``RUN/latest`` or ``RUN/best`` (lowest
+    monitored loss), or ``pretrained:NAME`` (shipped)."""
     from mlfastsim.lartpc import pretrained
 
     if pretrained.is_pretrained(path):
         return pretrained.resolve(path, field)
     p = Path(path)
+    if is_checkpoint_ref(p):
+        return resolve_checkpoint_ref(p, field=field)
     if p.is_dir():
         found = latest_checkpoint(p / "checkpoints") or latest_checkpoint(p)
         if found is None:

@@ -211,7 +211,8 @@ class ExportConfig(StrictModel):
     checkpoint: Path | None = None  # a checkpoint file directly, or find it by study/run/step:
     study_name: str | None = None
     run_name: str | None = None  # default: the most recent run of the study
-    adaptation_step: int | None = None  # default: the last checkpoint of the run
+    # a step, or "latest" / "best" (lowest validation loss recorded); default: the last checkpoint of the run
+    adaptation_step: int | Literal["latest", "best"] | None = None
     output_dir: Path = Path("runs")
     onnx_file_name: Path = Path("model.onnx")
     opset: int = Field(18, ge=13)

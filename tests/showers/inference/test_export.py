@@ -230,6 +230,24 @@ def test_resolve_checkpoint_by_run_and_step(study: Path) -> None:
     assert resolve_checkpoint(ExportConfig(checkpoint=direct)) == direct
 
 
+def test_resolve_checkpoint_latest_and_best(study: Path, tmp_path: Path) -> None:
+    new = study / "adapt" / "new" / "checkpoints"
+    assert resolve_checkpoint(ExportConfig(study_name="adapt", adaptation_step="latest", output_dir=study)) == (
+        new / "step_00000100.pt")
+    assert resolve_checkpoint(ExportConfig(checkpoint=study / "adapt" / "old" / "latest")) == (
+        study / "adapt" / "old" / "checkpoints" / "step_00000100.pt")
+    # best: the kept step with the lowest validation loss in the trainer's history (the latest holds it all)
+    run = tmp_path / "adapt" / "r"
+    for step in (50, 100):
+        make_checkpoint(run / "checkpoints" / f"step_{step:08d}.pt", seed=step, step=step)
+    latest = run / "checkpoints" / "step_00000100.pt"
+    state = torch.load(latest, weights_only=True)
+    state["history"] = [{"step": 50.0, "val/loss": 1.0}, {"step": 100.0, "val/loss": 2.0}]
+    torch.save(state, latest)
+    cfg = ExportConfig(study_name="adapt", run_name="r", adaptation_step="best", output_dir=tmp_path)
+    assert resolve_checkpoint(cfg) == run / "checkpoints" / "step_00000050.pt"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "pattern"),
     [

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from mlfastsim import __version__
-from mlfastsim.core.checkpoint import checkpoint_path, list_checkpoints
+from mlfastsim.core.checkpoint import checkpoint_path, list_checkpoints, resolve_checkpoint_ref
 from mlfastsim.core.errors import ConfigError, InputFileError
 from mlfastsim.core.export import ExportResult
 from mlfastsim.core.export import export_onnx as export_module
@@ -119,8 +119,9 @@ def resolve_checkpoint(cfg: ExportConfig) -> Path:
     """The checkpoint to export: ``cfg.checkpoint``, or ``output_dir/study/run/checkpoints/step_N.pt``.
 
     ``run_name`` defaults to the most recently modified run of the study that has checkpoints (the one
-    just adapted), ``adaptation_step`` to the run's last checkpoint.  Every miss lists what exists, so
-    the user can pick from the message.
+    just adapted), ``adaptation_step`` to the run's last checkpoint (``latest``; ``best`` is the one with
+    the lowest validation loss, see :func:`~mlfastsim.core.checkpoint.resolve_checkpoint_ref`).  Every miss
+    lists what exists, so the user can pick from the message.
     """
     by_name = {"study_name": cfg.study_name, "run_name": cfg.run_name, "adaptation_step": cfg.adaptation_step}
     if cfg.checkpoint is not None:
@@ -130,7 +131,7 @@ def resolve_checkpoint(cfg: ExportConfig) -> Path:
                 f"both a checkpoint and {', '.join(given)} were given", field="checkpoint",
                 fix="pass either --checkpoint or --study-name/--run-name/--adaptation-step",
             )
-        return require_file(cfg.checkpoint, what="checkpoint")
+        return require_file(resolve_checkpoint_ref(cfg.checkpoint, field="checkpoint"), what="checkpoint")
     root = Path(cfg.output_dir)
     if cfg.study_name is None:
         raise ConfigError(
@@ -162,8 +163,10 @@ def resolve_checkpoint(cfg: ExportConfig) -> Path:
     if not found:
         raise InputFileError("run has no checkpoints", file=run / "checkpoints", field="run_name",
                              fix="pick a run that finished at least one checkpoint")
-    if cfg.adaptation_step is None:
+    if cfg.adaptation_step is None or cfg.adaptation_step == "latest":
         return found[-1][1]
+    if cfg.adaptation_step == "best":
+        return resolve_checkpoint_ref(run / "best", field="adaptation_step")
     steps = [s for s, _ in found]
     if cfg.adaptation_step not in steps:
         raise ConfigError(

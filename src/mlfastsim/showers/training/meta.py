@@ -57,7 +57,7 @@ import torch
 from torch import nn
 
 from mlfastsim.core import distributed as dist_utils
-from mlfastsim.core.checkpoint import list_checkpoints
+from mlfastsim.core.checkpoint import list_checkpoints, resolve_checkpoint_ref
 from mlfastsim.core.config import dump_config
 from mlfastsim.core.devices import select_device
 from mlfastsim.core.errors import ConfigError, DataError
@@ -473,7 +473,8 @@ def adapt(cfg: AdaptConfig, *, progress: bool = True, resume: bool = False) -> A
     if resume and not cfg.run_name:
         raise ConfigError("resuming an adaptation needs the run to continue", field="run_name",
                           fix="pass --run-name of the run to resume")
-    ckpt = Path(cfg.checkpoint) if cfg.checkpoint is not None else pretrained_path()
+    ckpt = (resolve_checkpoint_ref(cfg.checkpoint, field="checkpoint") if cfg.checkpoint is not None
+            else pretrained_path())
     files = list(cfg.data.files)
     if not files:
         raise ConfigError("no adaptation data given", field="data.files",
