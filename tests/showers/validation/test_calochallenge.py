@@ -227,3 +227,21 @@ def test_default_threshold_follows_the_geometry() -> None:
     assert default_threshold(bare, generated)[0] == 0.31
     value, source = default_threshold(bare, bare)
     assert value == 0.0 and "--threshold-mev" in source
+
+
+def test_histogram_counts_follow_numpys_rule_exactly() -> None:
+    from mlfastsim.showers.validation.calochallenge import histogram_counts
+
+    rng = np.random.default_rng(3)
+    edges = np.logspace(np.log10(CC_THRESHOLD_MEV), 2.0, 50)
+    values = np.concatenate([10 ** rng.uniform(-4, 2.5, 20000), edges, [0.0, edges[-1]]]).astype(np.float32)
+    assert np.array_equal(histogram_counts(values, edges), np.histogram(values.astype(np.float64), edges)[0])
+
+
+def test_fast_wasserstein_floor_matches_the_generic_split() -> None:
+    from mlfastsim.showers.validation.metrics import reference_split_floor, wasserstein, wasserstein_split_floor
+
+    ref = np.random.default_rng(8).gamma(2.0, size=6001)
+    fast = wasserstein_split_floor(ref, 5000, n_splits=40, seed=1)
+    slow = reference_split_floor(ref, lambda a, b: wasserstein(a, b)[0], 5000, n_splits=40, seed=2)
+    assert fast[0] == pytest.approx(slow[0], rel=0.15) and fast[1] == pytest.approx(slow[1], rel=0.5)

@@ -142,6 +142,20 @@ def _counts_entry(key: str, c_ref: np.ndarray, c_cand: np.ndarray, edges: np.nda
     return out
 
 
+def histogram_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Exactly ``np.histogram(values, edges)[0]``, by a binary search of each value in the edges.
+
+    Bin i holds edges[i] <= x < edges[i + 1], the last bin includes its right edge, values outside are
+    dropped: numpy's rule.  ``np.histogram`` sorts the values for non-uniform edges; searching 50 edges is
+    several times faster on the 10^7 cells of a sample.
+    """
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    v = v[(v >= edges[0]) & (v <= edges[-1])]
+    idx = np.searchsorted(edges, v, side="right") - 1
+    idx[v == edges[-1]] = edges.size - 2
+    return np.bincount(idx, minlength=edges.size - 1)[: edges.size - 1]
+
+
 def official_cell_counts(data: ShowerData, edges: np.ndarray, *, chunk_size: int = 1024) -> np.ndarray:
     """``np.histogram`` counts of every cell value over ``edges`` (zeros and out-of-range cells dropped).
 
@@ -151,8 +165,7 @@ def official_cell_counts(data: ShowerData, edges: np.ndarray, *, chunk_size: int
     counts = np.zeros(edges.size - 1, dtype=np.int64)
     for lo in range(0, len(data), chunk_size):
         block = data.showers[lo : lo + chunk_size]
-        vals = block[(block >= edges[0]) & (block <= edges[-1])].astype(np.float64)
-        counts += np.histogram(vals, edges)[0]
+        counts += histogram_counts(block[(block >= edges[0]) & (block <= edges[-1])], edges)
     return counts
 
 

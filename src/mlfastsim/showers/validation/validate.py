@@ -52,6 +52,7 @@ from mlfastsim.showers.validation.metrics import (
     reference_split_floor,
     separation_power,
     wasserstein,
+    wasserstein_split_floor,
 )
 from mlfastsim.showers.validation.observables import (
     CELL_ENERGY_MIN_MEV,
@@ -129,7 +130,7 @@ def _stage(timings: dict[str, float], name: str, bar: Any) -> Iterator[None]:
 
 
 def _w1_floor(ref: np.ndarray, n_cand: int, seed: int, n_splits: int) -> tuple[float, float]:
-    return reference_split_floor(ref, lambda a, b: wasserstein(a, b)[0], n_cand, n_splits=n_splits, seed=seed)
+    return wasserstein_split_floor(ref, n_cand, n_splits=n_splits, seed=seed)
 
 
 def compare_all(
