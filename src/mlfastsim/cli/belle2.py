@@ -9,8 +9,8 @@ import typer
 from rich.console import Console
 
 from mlfastsim.cli.common import ConfigOpt, SchedulerOpt, SetOpt, WorkersOpt, parallel_cli
-from mlfastsim.core.config import load_config
-from mlfastsim.core.devices import parse_gpu_ids
+
+# pydantic, torch and the workflow are imported inside the commands: `--help` stays fast.
 
 app = typer.Typer(help="Belle II selective background simulation: a filter before the expensive simulation.",
                   no_args_is_help=True)
@@ -32,6 +32,7 @@ def produce(
     """Generate Upsilon(4S) -> B Bbar events, run the expensive stage and the skim; write labelled tables."""
     from mlfastsim.belle2.config import ProduceConfig
     from mlfastsim.belle2.produce import produce as run
+    from mlfastsim.core.config import load_config
 
     cfg = load_config(ProduceConfig, config, cli={
         "n_events": n_events, "chunk_size": chunk_size, "seed": seed, "dec_file": dec_file,
@@ -62,10 +63,13 @@ def preprocess(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Normalise, one-hot and tokenise generator-level events into padded .npy arrays (one Dask task per
-    chunk of events with --workers/--scheduler; a finished output is skipped, a killed run resumes)."""
+    """Normalise, one-hot and tokenise generator-level events into padded .npy arrays.
+
+    One Dask task per chunk of events with --workers/--scheduler; a finished output is skipped, a killed
+    run resumes."""
     from mlfastsim.belle2.config import PreprocessConfig
     from mlfastsim.belle2.preprocess import preprocess_file
+    from mlfastsim.core.config import load_config
 
     key_list = [k.strip() for item in keys for k in item.split(",") if k.strip()] if keys else None
     cfg = load_config(PreprocessConfig, config, cli={
@@ -89,6 +93,7 @@ def memmap(
     """Concatenate many preprocessed .npy files into one memory map, out of core."""
     from mlfastsim.belle2.config import MemmapConfig
     from mlfastsim.belle2.memmaps import create_memmap
+    from mlfastsim.core.config import load_config
     from mlfastsim.core.errors import ConfigError
 
     cfg = load_config(MemmapConfig, config, cli={"inputs": inputs, "output": output}, overrides=set_ or [])
@@ -129,6 +134,8 @@ def train(
     """Train a filter network on memmapped inputs (early stopping keeps OUT/best.pt, the lowest validation loss)."""
     from mlfastsim.belle2.config import TrainConfig
     from mlfastsim.belle2.train import train_from_config
+    from mlfastsim.core.config import load_config
+    from mlfastsim.core.devices import parse_gpu_ids
 
     cfg = load_config(TrainConfig, config, cli={
         "data.decay": decay_input, "data.particle": particle_input, "data.pdg": pdg_input,
@@ -168,6 +175,7 @@ def apply(
     """Score events with a trained filter and keep them by threshold or by weighted sampling."""
     from mlfastsim.belle2.apply import apply_filter
     from mlfastsim.belle2.config import ApplyConfig
+    from mlfastsim.core.config import load_config
 
     cfg = load_config(ApplyConfig, config, cli={
         "input": input_, "checkpoint": checkpoint, "model_file": model_file, "output": output, "mode": mode,
@@ -196,6 +204,7 @@ def evaluate(
     """ROC/AUC, speed-up at fixed retention and the bias of threshold vs weighted sampling."""
     from mlfastsim.belle2.config import EvaluateConfig
     from mlfastsim.belle2.evaluate import evaluate as run
+    from mlfastsim.core.config import load_config
 
     cfg = load_config(EvaluateConfig, config, cli={
         "events": events, "scores": scores, "output_dir": output_dir, "retention": retention,

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -69,6 +68,8 @@ def _main_observables() -> tuple[str, ...]:
 
 
 def _metahep_table(results: dict[str, dict[str, Any]]) -> Table:
+    import numpy as np
+
     names = list(results)
     table = Table(title="MetaHEP: a detector the model never saw (FCCeeSiW), validated against a large reference "
                         "(separation power: 0 = identical, 1 = disjoint)")

@@ -11,9 +11,9 @@ import typer
 from rich.console import Console
 
 from mlfastsim.cli.common import ConfigOpt, SchedulerOpt, SetOpt, WorkersOpt, parallel_cli, parse_ints
-from mlfastsim.core import distributed as dist_utils
-from mlfastsim.core.config import load_config
 from mlfastsim.core.errors import ConfigError
+
+# pydantic, torch and the workflow are imported inside the commands: `--help` stays fast.
 
 app = typer.Typer(help="LArTPC: simulate, make-batches (tiling), join-tpcs, train (deghosting / charge).",
                   no_args_is_help=True)
@@ -40,6 +40,7 @@ def simulate(
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Directory of parsed files.")] = None,
 ) -> None:
     """Simulate events (muons, protons, showers) and write one parsed file per event and TPC."""
+    from mlfastsim.core.config import load_config
     from mlfastsim.lartpc.simulate import SimulateConfig, simulate_to_dir
 
     cfg = load_config(SimulateConfig, config, cli={
@@ -68,8 +69,10 @@ def make_batches(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Tile parsed events into sparse xy files, one Dask task per batch (skips batches already written, so
-    reruns resume)."""
+    """Tile parsed events into sparse xy files, one Dask task per batch.
+
+    Batches already written are skipped, so a rerun resumes."""
+    from mlfastsim.core.config import load_config
     from mlfastsim.lartpc.tiling import MakeBatchesConfig, process_xy
 
     cfg = load_config(MakeBatchesConfig, config, cli={
@@ -112,6 +115,8 @@ def train(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
 ) -> None:
     """Train a deghosting or charge network (or, without data.train_i, apply a checkpoint): --resume [EPOCH]."""
+    from mlfastsim.core import distributed as dist_utils
+    from mlfastsim.core.config import load_config
     from mlfastsim.lartpc.config import LArTPCTrainConfig
     from mlfastsim.lartpc.train import run
 

@@ -14,6 +14,26 @@ from mlfastsim import __version__
 from mlfastsim.cli import belle2, demo, deploy, lartpc, showers
 from mlfastsim.core.errors import MlfastsimError
 
+
+def _flags_without_type() -> None:
+    """Show no ``<bool>`` type beside flags in ``--help``: a flag takes no value (typer >= 0.2x labels it)."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_mlfastsim", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: typer.Context) -> str | None:
+        if getattr(self, "is_flag", False) and self.metavar is None:
+            return None
+        return shown(self, ctx)
+
+    display_type_rich._mlfastsim = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_without_type()
+
 app = typer.Typer(
     name="mlfastsim",
     help="Machine-learning fast simulation: calorimeter showers, LArTPC, selective background simulation.",

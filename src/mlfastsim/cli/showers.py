@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -18,10 +19,10 @@ from mlfastsim.cli.common import (
     parse_floats,
     parse_range,
 )
-from mlfastsim.core import distributed as dist_utils
-from mlfastsim.core.config import load_config
 from mlfastsim.core.errors import ConfigError
-from mlfastsim.showers.config import ConvertConfig, SimulateConfig, ValidateConfig
+
+# Everything heavier than typer and rich (pydantic configs, torch, the workflows) is imported inside the
+# commands, so `mlfastsim --help` and a mistyped option answer in well under 2 s.
 
 app = typer.Typer(help="Calorimeter showers: simulate, convert, validate.", no_args_is_help=True)
 console = Console()
@@ -53,6 +54,8 @@ def simulate(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output HDF5 file (native format).")] = None,
 ) -> None:
     """Simulate reference showers: electrons/photons (Grindhammer-Peters) or pions (two-component hadronic)."""
+    from mlfastsim.core.config import load_config
+    from mlfastsim.showers.config import SimulateConfig
     from mlfastsim.showers.pipeline import simulate_to_file
 
     cfg = load_config(
@@ -101,6 +104,8 @@ def convert(
     """Convert shower files between layouts (CaloChallenge, Par04, hits) and the native format.
 
     One Dask task per input file with --workers/--scheduler; a finished output is skipped on a rerun."""
+    from mlfastsim.core.config import load_config
+    from mlfastsim.showers.config import ConvertConfig
     from mlfastsim.showers.pipeline import convert_to_file
 
     cfg = load_config(
@@ -147,12 +152,12 @@ def validate(
     tracking: Annotated[str | None, typer.Option(help="Tracking backend: local, mlflow, wandb.")] = None,
 ) -> None:
     """Compare a candidate sample with a reference: observables, metrics, classifier, plots, HTML report."""
+    from mlfastsim.core.config import load_config
+    from mlfastsim.showers.config import ValidateConfig
     from mlfastsim.showers.pipeline import validate_files
     from mlfastsim.showers.validation.validate import summary_table
 
     if no_classifier and classifier not in (None, "off"):
-        from mlfastsim.core.errors import ConfigError
-
         raise ConfigError(f"--no-classifier and --classifier {classifier} contradict each other",
                           field="--classifier", fix="pass one of them")
     cfg = load_config(
@@ -175,17 +180,21 @@ def presets() -> None:
     """List the detector, mesh and hadron-grid presets with the material facts the simulators use."""
     from mlfastsim.showers.geometry import DETECTOR_PRESETS, MESH_PRESETS
 
-    t = Table(title="Detectors")
-    for col in ("name", "structure", "X0 [mm]", "R_M [mm]", "Ec [MeV]", "Z_eff", "f_samp", "a", "b", "depth"):
-        t.add_column(col)
+    # compact tables that fit 80 columns (units in the titles, long descriptions listed below)
+    t = Table(title="Detectors (X0, R_M: mm; Ec: MeV; resolution a/sqrt(E) + b; depth in X0)", box=box.SIMPLE_HEAD,
+              pad_edge=False)
+    for col in ("name", "X0", "R_M", "Ec", "Z_eff", "f_samp", "a", "b", "depth"):
+        t.add_column(col, no_wrap=True)
     for det in DETECTOR_PRESETS.values():
-        t.add_row(det.name, det.description, f"{det.x0:.2f}", f"{det.rm:.2f}", f"{det.ec:.2f}", f"{det.z_eff:.1f}",
+        t.add_row(det.name, f"{det.x0:.2f}", f"{det.rm:.2f}", f"{det.ec:.2f}", f"{det.z_eff:.1f}",
                   f"{det.sampling_fraction:.4f}", f"{det.resolution_a:.3f}", f"{det.constant_term:.3f}",
-                  f"{det.depth_mm / det.x0:.1f} X0")
+                  f"{det.depth_mm / det.x0:.1f}")
     console.print(t)
-    m = Table(title="Meshes")
-    for col in ("name", "n_r x n_phi x n_z", "voxels", "dr [mm]", "dz [mm]", "radius [mm]"):
-        m.add_column(col)
+    for det in DETECTOR_PRESETS.values():
+        console.print(f"  {det.name}: {det.description}", highlight=False)
+    m = Table(title="Meshes (mm)", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("name", "n_r x n_phi x n_z", "voxels", "dr", "dz", "radius"):
+        m.add_column(col, no_wrap=True)
     for name, mesh in MESH_PRESETS.items():
         m.add_row(name, f"{mesh.n_r} x {mesh.n_phi} x {mesh.n_z}", str(mesh.n_voxels), f"{mesh.size_r}",
                   f"{mesh.size_z}", f"{mesh.radius:.2f}")
@@ -193,12 +202,12 @@ def presets() -> None:
     from mlfastsim.showers.geometry import GRID_PRESETS
     from mlfastsim.showers.sim.hadronic import HADRON_CALORIMETERS
 
-    g = Table(title="Hadron grids and calorimeters (--particle pion)")
-    for col in ("name", "n_z x n_y x n_x", "cells [mm]", "layer pitch [mm]", "calorimeter", "MIP [MeV]",
-                "threshold [MeV]", "depth"):
-        g.add_column(col)
+    g = Table(title="Hadron grids (--particle pion; cell, pitch: mm; MIP, threshold: MeV)",
+              box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("grid", "z x y x x", "cell", "pitch", "calorimeter", "MIP", "thresh.", "depth"):
+        g.add_column(col, no_wrap=True)
     for (name, grid), calo in zip(GRID_PRESETS.items(), HADRON_CALORIMETERS.values(), strict=False):
-        g.add_row(name, f"{grid.n_z} x {grid.n_y} x {grid.n_x}", f"{grid.cell_x:g} x {grid.cell_y:g}",
+        g.add_row(name, f"{grid.n_z}x{grid.n_y}x{grid.n_x}", f"{grid.cell_x:g}x{grid.cell_y:g}",
                   f"{grid.cell_z:g}", calo.name, f"{calo.mip_mev:.2f}", f"{calo.threshold_mev:.2f}",
                   f"{calo.depth_lambda:.1f} λ_I")
     console.print(g)
@@ -222,6 +231,8 @@ def _device_cli(gpu_ids: str | None, max_mem: int | None, threads: int | None) -
 def _train(config: Path | None, set_: list[str] | None, resume: bool, model_type: str | None,
            data: list[Path] | None, output_dir: Path | None, device_cli: dict[str, object]) -> None:
     """``showers train`` for every model type: the registry entry named by ``model.type`` does the rest."""
+    from mlfastsim.core import distributed as dist_utils
+    from mlfastsim.core.config import load_config
     from mlfastsim.showers.config import TrainConfig
     from mlfastsim.showers.models import MODELS
     from mlfastsim.showers.training.train import train_from_config
@@ -301,6 +312,8 @@ def meta_train(
     threads: ThreadsOpt = None,
 ) -> None:
     """Meta-train (Reptile or first-order MAML) over geometry tasks, one file per geometry."""
+    from mlfastsim.core import distributed as dist_utils
+    from mlfastsim.core.config import load_config
     from mlfastsim.showers.config import MetaConfig
     from mlfastsim.showers.training.meta import meta_train as run_meta
 
@@ -335,6 +348,7 @@ def adapt(
     threads: ThreadsOpt = None,
 ) -> None:
     """Adapt a pre-trained model to a new geometry from a few hundred showers (every checkpoint kept)."""
+    from mlfastsim.core.config import load_config
     from mlfastsim.showers.config import AdaptConfig
     from mlfastsim.showers.training.meta import adapt as run_adapt
 
@@ -380,6 +394,7 @@ def export(
     output_dir: Annotated[Path | None, typer.Option("--output-dir", help="Where studies live (runs).")] = None,
 ) -> None:
     """Export a model's decoder to ONNX (Par04 C++ inference layout) with a parity check and a JSON sidecar."""
+    from mlfastsim.core.config import load_config
     from mlfastsim.showers.config import ExportConfig
     from mlfastsim.showers.inference.export import export_onnx
 
@@ -410,6 +425,7 @@ def generate(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output HDF5 (native format).")] = None,
 ) -> None:
     """Generate showers from a checkpoint or an ONNX file into the native format (validate reads it)."""
+    from mlfastsim.core.config import load_config
     from mlfastsim.showers.config import GenerateConfig
     from mlfastsim.showers.inference.generate import generate_to_file
 
