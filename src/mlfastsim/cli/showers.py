@@ -392,6 +392,8 @@ def export(
     checkpoint: Annotated[Path | None, typer.Option(help="Export this checkpoint instead of a study's.")] = None,
     onnx_file_name: Annotated[Path | None, typer.Option("--onnx-file-name", help="Output .onnx file.")] = None,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", help="Where studies live (runs).")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Flow models: solver steps unrolled in the graph.")]
+    = None,
 ) -> None:
     """Export a model's decoder to ONNX (Par04 C++ inference layout) with a parity check and a JSON sidecar."""
     from mlfastsim.core.config import load_config
@@ -401,7 +403,8 @@ def export(
     cfg = load_config(
         ExportConfig, config,
         cli={"study_name": study_name, "run_name": run_name, "adaptation_step": _step_ref(adaptation_step),
-             "checkpoint": checkpoint, "onnx_file_name": onnx_file_name, "output_dir": output_dir},
+             "checkpoint": checkpoint, "onnx_file_name": onnx_file_name, "output_dir": output_dir,
+             "steps": steps},
         overrides=set_ or [],
     )
     path = export_onnx(cfg)
@@ -423,6 +426,8 @@ def generate(
     = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output HDF5 (native format).")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Flow models: ODE solver steps (checkpoint only).")]
+    = None,
 ) -> None:
     """Generate showers from a checkpoint or an ONNX file into the native format (validate reads it)."""
     from mlfastsim.core.config import load_config
@@ -435,7 +440,7 @@ def generate(
              "energy_range_gev": parse_range(energy_range_gev, "--energy-range-gev"),
              "angles_deg": parse_floats(angle_deg, "--angle-deg"),
              "angle_range_deg": parse_range(angle_range_deg, "--angle-range-deg"), "n_per_point": n_per_point,
-             "geometry_index": geometry_index, "seed": seed, "output": output},
+             "geometry_index": geometry_index, "seed": seed, "output": output, "steps": steps},
         overrides=set_ or [],
     )
     data = generate_to_file(cfg)

@@ -218,6 +218,7 @@ class ExportConfig(StrictModel):
     opset: int = Field(18, ge=13)
     parity_tolerance: float = Field(1e-4, gt=0)
     parity_samples: int = Field(256, ge=1)
+    steps: int | None = Field(None, ge=1)  # flow models: solver steps unrolled in the graph (None: the model's)
 
 
 class GenerateConfig(StrictModel):
@@ -233,6 +234,7 @@ class GenerateConfig(StrictModel):
     geometry_index: int = Field(0, ge=0)
     batch_size: int = Field(10000, ge=1)
     seed: int = 0
+    steps: int | None = Field(None, ge=1)  # flow models: solver steps (None: the model's; an ONNX file's is fixed)
     output: Path = Path("generated.h5")
     device: DeviceConfig = DeviceConfig()
 

@@ -224,7 +224,7 @@ def export_onnx(cfg: ExportConfig, *, voxel_order: str | None = None, num_thread
         raise ConfigError("the ONNX file cannot end in .json (that name is its sidecar's)", field="onnx_file_name",
                           fix="name it e.g. model.onnx")
     checkpoint = resolve_checkpoint(cfg)
-    loaded = load_model(checkpoint, command="export")
+    loaded = load_model(checkpoint, command="export").with_steps(cfg.steps)
     order = voxel_order or loaded.spec.voxel_orders[0]
     if order not in loaded.spec.voxel_orders:
         raise ConfigError(f"a {loaded.model_type!r} model exports in voxel order {', '.join(loaded.spec.voxel_orders)},"

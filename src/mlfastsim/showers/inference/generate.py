@@ -341,7 +341,7 @@ def generate_to_file(cfg: GenerateConfig, progress: bool = True) -> ShowerData:
     source: GeneratorSource
     if cfg.checkpoint is not None:
         device = select_device(cfg.device)
-        loaded = load_generator_model(cfg.checkpoint, map_location=device)
+        loaded = load_generator_model(cfg.checkpoint, map_location=device).with_steps(cfg.steps)
         source, spec, norm = loaded, loaded.spec, loaded.norm
         origin: dict[str, Any] = {"source_model": str(cfg.checkpoint), "source_format": "checkpoint",
                                   "source_step": loaded.state.get("step")}
@@ -350,6 +350,12 @@ def generate_to_file(cfg: GenerateConfig, progress: bool = True) -> ShowerData:
         if cfg.device.gpu_ids:
             logger.warning("--gpu-ids is ignored for ONNX generation: onnxruntime runs on the CPU here")
         onnx = load_onnx_generator(cfg.onnx, num_threads=cfg.device.num_threads)
+        graph_steps = onnx.sidecar.get("solver", {}).get("steps")
+        if cfg.steps is not None and cfg.steps != graph_steps:
+            raise ConfigError(
+                f"the ONNX graph's solver runs {graph_steps} steps (fixed at export), not {cfg.steps}" if graph_steps
+                else "this ONNX model has no solver steps to set", field="steps",
+                fix="re-export with showers export --steps N, or generate from the checkpoint with --steps N")
         source, spec, norm = onnx, onnx.spec, onnx.norm
         origin = {"source_model": str(cfg.onnx), "source_format": "onnx",
                   "source_checkpoint": onnx.sidecar.get("source_checkpoint")}
@@ -360,6 +366,10 @@ def generate_to_file(cfg: GenerateConfig, progress: bool = True) -> ShowerData:
         **origin,
         "model_type": spec.name,
         "seed": int(cfg.seed),
+        **({"solver_steps": int(getattr(source.config, spec.solver_steps_field))}
+           if isinstance(source, LoadedModel) and spec.solver_steps_field else
+           {"solver_steps": int(source.sidecar["solver"]["steps"])}
+           if isinstance(source, OnnxGenerator) and "solver" in source.sidecar else {}),
         "geometry_index": int(cfg.geometry_index),
         **norm.output_meta(),
         "generator": f"mlfastsim {__version__}",

@@ -19,6 +19,7 @@ from mlfastsim.core.checkpoint import load_checkpoint
 from mlfastsim.core.errors import ConfigError, InputFileError
 from mlfastsim.showers.geometry import Mesh
 from mlfastsim.showers.io.native import same_mesh
+from mlfastsim.showers.models.cfm import CFMModel
 from mlfastsim.showers.models.contract import (
     LoadedModel,
     ModelType,
@@ -37,7 +38,8 @@ __all__ = [
 
 #: Every model type a user trains or generates with, by name.
 MODELS: dict[str, ModelType] = {
-    spec.name: spec for spec in (VAEModel(), WGANModel(), BIBAEModel(), PostProcessModel(), RegressorModel())
+    spec.name: spec for spec in (VAEModel(), CFMModel(), WGANModel(), BIBAEModel(), PostProcessModel(),
+                                    RegressorModel())
 }
 
 

@@ -121,6 +121,8 @@ class ModelType(ABC):
     max_batch_size: ClassVar[int | None] = None
     #: inputs of the ONNX parity check at most (a 3D-conv graph is slow to run in float64 reference mode)
     max_parity_samples: ClassVar[int] = 1024
+    #: the model-config field holding the sampler's ODE/solver step count (flow models); None: no solver
+    solver_steps_field: ClassVar[str | None] = None
     #: the supervised loss of single-module families (``modules()["model"]``): what meta-learning steps on
     loss: ClassVar[Callable[[nn.Module, tuple[torch.Tensor, ...]], dict[str, torch.Tensor]] | None] = None
 
@@ -164,6 +166,28 @@ class ModelType(ABC):
         """Width of the noise part of the sampler's input."""
         raise ConfigError(f"a {self.name!r} model cannot generate showers", field="model.type",
                           fix="generate or export with a generative model type")
+
+    def latent_width(self, cfg: Any, norm: Normalisation) -> int:
+        """Width of the noise part for this normalisation's geometry: a flow's noise is as wide as a shower.
+
+        Defaults to :meth:`latent_dim`; commands ask this one.
+        """
+        return self.latent_dim(cfg)
+
+    def with_steps(self, cfg: Any, steps: int | None) -> Any:
+        """``cfg`` with the sampler's solver step count replaced (``generate --steps``, ``export --steps``).
+
+        ``None`` keeps the configured count; a model type without a solver refuses any other value.
+        """
+        if steps is None:
+            return cfg
+        if self.solver_steps_field is None:
+            raise ConfigError(f"a {self.name!r} model has no solver steps to set", field="steps",
+                              fix="drop --steps (only flow models such as cfm take it)")
+        if int(steps) < 1:
+            raise ConfigError(f"solver steps must be at least 1, got {steps}", field="steps",
+                              fix="pass --steps 1 or more")
+        return cfg.model_copy(update={self.solver_steps_field: int(steps)})
 
     def sampler(self, modules: dict[str, nn.Module], cfg: Any, norm: Normalisation, *,
                 voxel_order: str = "native") -> nn.Module:
@@ -240,10 +264,19 @@ class LoadedModel:
 
     @property
     def latent_dim(self) -> int:
-        return self.spec.latent_dim(self.config)
+        return self.spec.latent_width(self.config, self.norm)
 
-    def sampler(self, voxel_order: str = "native") -> nn.Module:
-        return self.spec.sampler(self.modules, self.config, self.norm, voxel_order=voxel_order)
+    def sampler(self, voxel_order: str = "native", steps: int | None = None) -> nn.Module:
+        """The generator module; ``steps`` overrides a flow model's solver step count (None: its config's)."""
+        return self.spec.sampler(self.modules, self.spec.with_steps(self.config, steps), self.norm,
+                                 voxel_order=voxel_order)
+
+    def with_steps(self, steps: int | None) -> LoadedModel:
+        """This model with its sampler's solver step count set (the config it exports and records)."""
+        if steps is None:
+            return self
+        return LoadedModel(self.spec, self.spec.with_steps(self.config, steps), self.modules, self.norm, self.state,
+                           self.path)
 
     def to(self, device: torch.device | str) -> LoadedModel:
         for module in self.modules.values():

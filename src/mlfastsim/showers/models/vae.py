@@ -27,6 +27,9 @@ from mlfastsim.showers.conditioning.em import DataConfig, EMNormalisation, load_
 from mlfastsim.showers.models.contract import ModelType, Normalisation
 from mlfastsim.showers.models.layout import voxel_permutation
 
+#: CaloChallenge readout threshold (15.15 keV): the VAE's default zero suppression
+READOUT_THRESHOLD_MEV = 15.15e-3
+
 # Below this many output values, GeneratorModule.generate_into finishes on the calling thread (see there).
 _SERIAL_ELEMENTS = 1 << 18
 
@@ -40,6 +43,12 @@ class VAEConfig(StrictModel):
     batch_norm: bool = True
     leaky_relu_slope: float = 0.01
     kl_weight: float = Field(1.0, ge=0.0)
+    #: generated cells below this energy (MeV) are exact zeros, in torch generation and inside the ONNX graph
+    #: (0 = off).  A sigmoid never writes an exact zero, so without it every cell counts as hit.  Left out of
+    #: dumps at its default, so a config, checkpoint or shipped file written before it existed is unchanged
+    #: byte for byte (``scripts/make_pretrained.py --check``) and loads with zero suppression on.
+    readout_threshold_mev: float = Field(READOUT_THRESHOLD_MEV, ge=0.0,
+                                         exclude_if=lambda v: v == READOUT_THRESHOLD_MEV)
 
 
 def _mlp(sizes: list[int], cfg: VAEConfig) -> nn.Sequential:
@@ -110,9 +119,15 @@ class GeneratorModule(nn.Module):
 
     The single concatenated input is Par04's contract; the last layer is kept apart from the hidden
     stack so :meth:`generate_into` can write its matrix product straight into the caller's buffer.
+
+    Zero suppression (``threshold_mev > 0``): a cell whose energy ``out * E`` would fall below the readout
+    threshold is written as exactly 0, with ``E = input[:, latent_dim] * max_energy_mev``; it is part of the
+    forward pass, so the ONNX graph a C++ caller runs zero-suppresses too.  The comparison is ``out <
+    threshold / E`` in every path (forward, both ``generate_into`` routes), so torch and ONNX agree.
     """
 
-    def __init__(self, hidden: nn.Module, output: nn.Linear, *, latent_dim: int, n_conditions: int) -> None:
+    def __init__(self, hidden: nn.Module, output: nn.Linear, *, latent_dim: int, n_conditions: int,
+                 threshold_mev: float = 0.0, max_energy_mev: float = 1.0) -> None:
         super().__init__()
         if output.bias is None:
             raise ValueError("the generator's output layer needs a bias (Par04 decoders have one)")
@@ -121,13 +136,23 @@ class GeneratorModule(nn.Module):
         self.latent_dim = latent_dim
         self.n_conditions = n_conditions
         self.n_voxels = output.out_features
+        self.threshold_mev = float(threshold_mev)
+        self.max_energy_mev = float(max_energy_mev)
+
+    def _limit(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1) output value below which a cell is not read out: threshold / E_inc."""
+        e = x[:, self.latent_dim:self.latent_dim + 1] * self.max_energy_mev
+        return self.threshold_mev / e.clamp_min(1e-30)
 
     @property
     def input_width(self) -> int:
         return self.latent_dim + self.n_conditions
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.output(self.hidden(x)))
+        out = torch.sigmoid(self.output(self.hidden(x)))
+        if self.threshold_mev > 0:
+            out = torch.where(out < self._limit(x), torch.zeros_like(out), out)
+        return out
 
     def generate_into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """``forward(x)`` written into ``out`` (no output allocation; call under ``torch.inference_mode``).
@@ -150,9 +175,14 @@ class GeneratorModule(nn.Module):
             values = out.numpy()
             np.add(values, bias.detach().numpy(), out=values)
             expit(values, out=values)
+            if self.threshold_mev > 0:
+                values[values < self._limit(x).numpy()] = 0.0
             return out
         torch.addmm(bias, h, weight.t(), out=out)
-        return torch.sigmoid_(out)
+        torch.sigmoid_(out)
+        if self.threshold_mev > 0:
+            out.masked_fill_(out < self._limit(x), 0.0)
+        return out
 
 
 def _permuted_linear(layer: nn.Linear, permutation: np.ndarray | None) -> nn.Linear:
@@ -168,12 +198,14 @@ def _permuted_linear(layer: nn.Linear, permutation: np.ndarray | None) -> nn.Lin
     return new
 
 
-def vae_generator(model: nn.Module, permutation: np.ndarray | None) -> GeneratorModule:
-    """The Par04 VAE's decoder (hidden stack + voxel layer + sigmoid) as a :class:`GeneratorModule`."""
+def vae_generator(model: nn.Module, permutation: np.ndarray | None, *, threshold_mev: float = 0.0,
+                  max_energy_mev: float = 1.0) -> GeneratorModule:
+    """The Par04 VAE's decoder (hidden stack + voxel layer + sigmoid [+ zero suppression]) as a generator."""
     if not isinstance(model, ShowerVAE):
         raise TypeError(f"expected a ShowerVAE, got {type(model).__name__}")
     return GeneratorModule(model.decoder, _permuted_linear(model.to_voxels, permutation),
-                           latent_dim=model.latent_dim, n_conditions=model.n_conditions).eval()
+                           latent_dim=model.latent_dim, n_conditions=model.n_conditions,
+                           threshold_mev=threshold_mev, max_energy_mev=max_energy_mev).eval()
 
 
 # -------------------------------------------------------------------------------------- registry entry
@@ -214,10 +246,14 @@ class VAEModel(ModelType):
 
     def sampler(self, modules: dict[str, nn.Module], cfg: VAEConfig, norm: Normalisation, *,
                 voxel_order: str = "native") -> GeneratorModule:
-        return vae_generator(modules["model"], voxel_permutation(norm.geometry, voxel_order))
+        assert isinstance(norm, EMNormalisation)
+        return vae_generator(modules["model"], voxel_permutation(norm.geometry, voxel_order),
+                             threshold_mev=cfg.readout_threshold_mev,
+                             max_energy_mev=norm.conditioning.max_energy_gev * 1000.0)
 
     def output_description(self, norm: Normalisation) -> str:
-        return "multiply by the incident energy (MeV) to get the energy per voxel in MeV"
+        return ("multiply by the incident energy (MeV) to get the energy per voxel in MeV; cells below "
+                "readout_threshold_mev are already exact zeros (0 = no zero suppression)")
 
     def sidecar_fields(self, cfg: VAEConfig, norm: Normalisation, latent_dim: int, voxel_order: str,
                        onnx_file: str) -> dict[str, Any]:
@@ -230,6 +266,7 @@ class VAEModel(ModelType):
             "max_energy_mev": cond.max_energy_gev * 1000.0,
             "max_energy_gev": cond.max_energy_gev,
             "max_angle_deg": cond.max_angle_deg,
+            "readout_threshold_mev": cfg.readout_threshold_mev,
             "geant4_par04": {
                 "macro": [
                     f"/Par04/inference/setSizeLatentVector {latent_dim}",

@@ -51,7 +51,8 @@ def sample_normalised(spec: ModelType, modules: dict[str, nn.Module], cfg: Any, 
         sampler = spec.sampler(modules, cfg, norm)
         sampler.eval()
         c2 = c.reshape(c.shape[0], -1)
-        z = torch.randn(c2.shape[0], spec.latent_dim(cfg), generator=generator, device=c2.device, dtype=c2.dtype)
+        z = torch.randn(c2.shape[0], spec.latent_width(cfg, norm), generator=generator, device=c2.device,
+                        dtype=c2.dtype)
         with torch.no_grad():
             return sampler(torch.cat([z, c2], dim=1))
     finally:

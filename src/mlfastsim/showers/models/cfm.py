@@ -1,0 +1,320 @@
+"""Conditional flow matching with a layer transformer, energies first (``model.type: cfm``).
+
+What it learns (both by conditional flow matching on the straight, optimal-transport path
+``x_t = (1 - t) z + t x_1``, target velocity ``x_1 - z``, as in rectified flow / CaloDREAM):
+
+1. **Layer energies first**: a small MLP velocity field over ``w = (log(E_layer / E_inc + floor) + 7) / 4``,
+   one value per layer.  The total energy is their sum, so ``E_tot / E_inc`` comes from a model of exactly
+   that quantity rather than from the sum of 6480 noisy cells (the issue-13 prototype trained in log-cell space
+   alone had E_tot/E_inc 1.33 +- 0.44 against 0.99 +- 0.03).
+2. **Shapes second**: a transformer with one token per layer (the layer's ``n_phi x n_r`` cells as one patch),
+   adaLN-zero conditioning on (log E, angle, geometry one-hot, time) and, per token, the layer's energy.
+   Cells are ``y = log(cell / threshold)`` (positive for every cell the readout sees) and empty cells sit at
+   a fixed ``empty_value`` below zero, not at random values (which blurred the threshold in the prototype).
+3. **Assembly** (inside the sampler, hence inside the ONNX graph): cells ``threshold * exp(y)`` where
+   ``y > 0`` else exactly 0, each layer rescaled to its generated energy, cells below the readout threshold
+   zeroed again.  The output is cells / E_inc (the VAE's network units), so generation multiplies by E_inc.
+
+Why the solver loop is inside the graph: a C++ caller (Geant4) then gets a shower from one ``Run`` call on one
+input row ``[z, conditions]``, exactly like the VAE; the loop is unrolled at export with the step count of
+``steps`` (recorded in the sidecar's ``solver``), weights shared between steps.  A single-step graph with the
+loop in the caller would make every caller re-implement the solver, the layer assembly and the threshold.
+
+Data and conditions are the VAE's (:mod:`mlfastsim.showers.conditioning.em`): the same files, one-hot slots
+and checkpoint keys, so ``meta-train`` and ``adapt`` (slot 0 for a new geometry) work unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from mlfastsim.core import distributed as dist_utils
+from mlfastsim.core.config import StrictModel
+from mlfastsim.core.trainer import SupervisedTask, TrainerConfig, TrainTask, make_optimizer, make_scheduler
+from mlfastsim.showers.conditioning.em import DataConfig, EMNormalisation
+from mlfastsim.showers.models.contract import ModelType, Normalisation
+from mlfastsim.showers.models.vae import VAEModel
+
+#: CaloChallenge readout threshold: cells below it are not read out (exact zeros)
+READOUT_THRESHOLD_MEV = 15.15e-3
+# fixed affine maps to O(1) network units (the same for every geometry, so adaptation keeps them)
+_W_SHIFT, _W_SCALE = 7.0, 4.0
+
+
+class CFMConfig(StrictModel):
+    """Sizes of the layer transformer and the layer-energy network, and the solver's default step count."""
+
+    type: Literal["cfm"] = "cfm"
+    width: int = Field(128, ge=8)  # token width of the shape transformer
+    depth: int = Field(4, ge=1)  # transformer blocks
+    heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(2.0, gt=0)
+    energy_width: int = Field(128, ge=8)  # hidden width of the layer-energy velocity MLP
+    energy_depth: int = Field(3, ge=1)
+    time_frequencies: int = Field(8, ge=1)
+    steps: int = Field(8, ge=1, le=256)  # Euler steps of each ODE in the sampler (and so in the ONNX graph)
+    readout_threshold_mev: float = Field(READOUT_THRESHOLD_MEV, ge=0)
+    empty_value: float = Field(-2.0, lt=0)  # log(cell / threshold) given to empty cells
+    log_scale: float = Field(4.0, gt=0)  # network units of a cell: log(cell / threshold) / log_scale
+    energy_floor: float = Field(1e-6, gt=0)
+    energy_weight: float = Field(1.0, ge=0)  # weight of the layer-energy loss next to the shape loss
+
+
+def _time_features(t: torch.Tensor, n: int) -> torch.Tensor:
+    """(B,) -> (B, 2n) sinusoidal features of the flow time in [0, 1]."""
+    freqs = torch.pow(2.0, torch.arange(n, dtype=t.dtype, device=t.device)) * math.pi
+    a = t[:, None] * freqs[None, :]
+    return torch.cat([torch.sin(a), torch.cos(a)], dim=1)
+
+
+def _log_energy_conditions(c: torch.Tensor) -> torch.Tensor:
+    """Conditions with E/MAX replaced by a centred log: the three decades of energies spread over O(1)."""
+    return torch.cat([(torch.log(c[:, :1].clamp_min(1e-6)) + 3.5) / 2.0, c[:, 1:]], dim=1)
+
+
+class EnergyNet(nn.Module):
+    """Velocity field of the per-layer energies: MLP of [w_t, conditions, time features]."""
+
+    def __init__(self, n_layers: int, n_cond: int, cfg: CFMConfig) -> None:
+        super().__init__()
+        n_in = n_layers + n_cond + 2 * cfg.time_frequencies
+        layers: list[nn.Module] = [nn.Linear(n_in, cfg.energy_width), nn.SiLU()]
+        for _ in range(cfg.energy_depth - 1):
+            layers += [nn.Linear(cfg.energy_width, cfg.energy_width), nn.SiLU()]
+        layers.append(nn.Linear(cfg.energy_width, n_layers))
+        self.net = nn.Sequential(*layers)
+        self.n_freq = cfg.time_frequencies
+
+    def forward(self, w: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([w, cond, _time_features(t, self.n_freq)], dim=1))
+
+
+class _Block(nn.Module):
+    """Pre-LN transformer block with adaLN-zero modulation (shift, scale, gate per sub-layer)."""
+
+    def __init__(self, d: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        if d % heads:
+            raise ValueError(f"width {d} is not divisible by {heads} heads")
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=False)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d, elementwise_affine=False)
+        hidden = int(d * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
+        self.mod = nn.Linear(d, 6 * d)
+        nn.init.zeros_(self.mod.weight)
+        nn.init.zeros_(self.mod.bias)
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        b, n, d = h.shape
+        s1, g1, a1, s2, g2, a2 = self.mod(emb)[:, None, :].chunk(6, dim=2)
+        x = self.norm1(h) * (1 + g1) + s1
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = torch.softmax(q @ k.transpose(-1, -2) * (d // self.heads) ** -0.5, dim=-1)
+        h = h + a1 * self.proj((att @ v).transpose(1, 2).reshape(b, n, d))
+        return h + a2 * self.mlp(self.norm2(h) * (1 + g2) + s2)
+
+
+class ShapeNet(nn.Module):
+    """Velocity field of the cells: a transformer over layers (one token = one layer's cells)."""
+
+    def __init__(self, n_layers: int, patch: int, n_cond: int, cfg: CFMConfig) -> None:
+        super().__init__()
+        d = cfg.width
+        self.n_freq = cfg.time_frequencies
+        self.embed = nn.Linear(patch + 1, d)  # the layer's cells and its energy
+        self.pos = nn.Parameter(torch.randn(1, n_layers, d) * 0.02)
+        self.cond = nn.Sequential(nn.Linear(n_cond + 2 * cfg.time_frequencies, d), nn.SiLU(), nn.Linear(d, d))
+        self.blocks = nn.ModuleList(_Block(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(d, elementwise_affine=False)
+        self.final_mod = nn.Linear(d, 2 * d)
+        self.out = nn.Linear(d, patch)
+        for layer in (self.final_mod, self.out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, y: torch.Tensor, w: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """y: (B, L, P) cells at time t; w: (B, L) layer energies; cond: (B, C); t: (B,) -> (B, L, P)."""
+        h = self.embed(torch.cat([y, w[:, :, None]], dim=2)) + self.pos
+        emb = nn.functional.silu(self.cond(torch.cat([cond, _time_features(t, self.n_freq)], dim=1)))
+        for block in self.blocks:
+            h = block(h, emb)
+        shift, scale = self.final_mod(emb)[:, None, :].chunk(2, dim=2)
+        return self.out(self.norm(h) * (1 + scale) + shift)
+
+
+class ShowerCFM(nn.Module):
+    """Both velocity fields and the maps between cells / E_inc and their network units.
+
+    ``max_energy_mev`` (from the conditioning) turns the E/MAX condition into MeV for the threshold; it is
+    rebuilt from the checkpoint's conditioning, not stored as a weight.
+    """
+
+    def __init__(self, n_layers: int, patch: int, n_cond: int, max_energy_mev: float, cfg: CFMConfig) -> None:
+        super().__init__()
+        self.n_layers, self.patch, self.n_cond = n_layers, patch, n_cond
+        self.max_energy_mev = float(max_energy_mev)
+        self.cfg = cfg
+        self.energy = EnergyNet(n_layers, n_cond, cfg)
+        self.shape = ShapeNet(n_layers, patch, n_cond, cfg)
+
+    # ------------------------------------------------------------------------------------ units
+    def to_units(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cells / E_inc (B, n_voxels) -> (layer energies w (B, L), cells y (B, L, P)) in network units."""
+        cfg = self.cfg
+        cells = x.reshape(-1, self.n_layers, self.patch)
+        u = cells.sum(dim=2)
+        w = (torch.log(u + cfg.energy_floor) + _W_SHIFT) / _W_SCALE
+        e_mev = (c[:, 0] * self.max_energy_mev)[:, None, None]
+        thr = max(cfg.readout_threshold_mev, 1e-12)
+        mev = cells * e_mev
+        hit = mev >= thr
+        y = torch.where(hit, torch.log(mev.clamp_min(thr) / thr), torch.full_like(mev, cfg.empty_value))
+        return w, y / cfg.log_scale
+
+    def assemble(self, w: torch.Tensor, y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Network units -> cells / E_inc (B, n_voxels): cells where y > 0, each layer scaled to its energy."""
+        cfg = self.cfg
+        thr = max(cfg.readout_threshold_mev, 1e-12)
+        e_mev = (c[:, 0] * self.max_energy_mev)[:, None]
+        u = (torch.exp(w * _W_SCALE - _W_SHIFT) - cfg.energy_floor).clamp_min(0.0)  # (B, L) fractions of E_inc
+        logs = (y * cfg.log_scale).clamp(max=40.0)
+        cells = torch.where(logs > 0, torch.exp(logs), torch.zeros_like(logs))  # in units of the threshold
+        total = cells.sum(dim=2, keepdim=True)
+        frac = cells / total.clamp_min(1e-30)  # shape of each layer; an empty layer stays empty
+        out = frac * u[:, :, None]
+        if cfg.readout_threshold_mev > 0:
+            out = torch.where(out * e_mev[:, :, None] >= thr, out, torch.zeros_like(out))
+        return out.reshape(out.shape[0], -1)
+
+    # ------------------------------------------------------------------------------------ training
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Flow-matching losses for a batch (random times and noise drawn split-invariantly for DDP)."""
+        w1, y1 = self.to_units(x, c)
+        cond = _log_energy_conditions(c)
+        b = x.shape[0]
+        t = dist_utils.batch_randn((b, 1), x).sigmoid().reshape(b)  # logit-normal times: mid-path weighted
+        zw = dist_utils.batch_randn_like(w1)
+        zy = dist_utils.batch_randn_like(y1)
+        te = t[:, None]
+        vw = self.energy((1 - te) * zw + te * w1, cond, t)
+        vy = self.shape((1 - te[:, :, None]) * zy + te[:, :, None] * y1, w1, cond, t)
+        energy = ((vw - (w1 - zw)) ** 2).mean(dim=1).mean()
+        shape = ((vy - (y1 - zy)) ** 2).mean(dim=(1, 2)).mean()
+        return {"loss": shape + self.cfg.energy_weight * energy, "shape": shape, "energy": energy}
+
+    # ------------------------------------------------------------------------------------ sampling
+    def sample_units(self, zw: torch.Tensor, zy: torch.Tensor, c: torch.Tensor,
+                     steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Euler integration of both ODEs from noise to data: layer energies first, then shapes given them."""
+        cond = _log_energy_conditions(c)
+        b = c.shape[0]
+        dt = 1.0 / steps
+        w = zw
+        for i in range(steps):
+            t = torch.full((b,), i * dt, dtype=c.dtype, device=c.device)
+            w = w + dt * self.energy(w, cond, t)
+        y = zy
+        for i in range(steps):
+            t = torch.full((b,), i * dt, dtype=c.dtype, device=c.device)
+            y = y + dt * self.shape(y, w, cond, t)
+        return w, y
+
+
+def cfm_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+    """Shape + energy_weight * layer-energy flow-matching loss (calls the model: DDP-safe)."""
+    return model(batch[0], batch[1])
+
+
+class CFMSampler(nn.Module):
+    """[z_layers (L), z_cells (n_voxels), conditions] -> cells / E_inc: both ODE loops and the assembly.
+
+    This is the exported ONNX graph (the loop unrolled, ``steps`` Euler steps per ODE).
+    """
+
+    def __init__(self, model: ShowerCFM, steps: int) -> None:
+        super().__init__()
+        self.model = model
+        self.steps = int(steps)
+        self.n_voxels = model.n_layers * model.patch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        n_l = m.n_layers
+        latent = n_l + self.n_voxels
+        zw, zy, c = x[:, :n_l], x[:, n_l:latent], x[:, latent:]
+        w, y = m.sample_units(zw, zy.reshape(-1, n_l, m.patch), c, self.steps)
+        return m.assemble(w, y, c)
+
+
+# -------------------------------------------------------------------------------------- registry entry
+class CFMModel(ModelType):
+    """``cfm``: flow-matching layer transformer on a cylindrical mesh, meta-trainable and adaptable like the VAE."""
+
+    name: ClassVar[str] = "cfm"
+    description: ClassVar[str] = ("conditional flow matching, layer transformer, energies first "
+                                  "(cylindrical mesh, geometry one-hot)")
+    config: ClassVar[type[CFMConfig]] = CFMConfig
+    data_config: ClassVar[type[DataConfig]] = DataConfig
+    commands: ClassVar[frozenset[str]] = frozenset({"train", "tune", "meta-train", "adapt", "generate", "export"})
+    voxel_orders: ClassVar[tuple[str, ...]] = ("native",)
+    solver_steps_field: ClassVar[str | None] = "steps"
+    max_parity_samples: ClassVar[int] = 64
+    loss = staticmethod(cfm_loss)
+
+    def tiny_config(self) -> CFMConfig:
+        return CFMConfig(width=16, depth=1, heads=2, energy_width=16, energy_depth=1, time_frequencies=2, steps=2)
+
+    # the VAE's data, conditions and checkpoint keys: same files, slots and adaptation route
+    load_data = VAEModel.load_data
+    normalisation_from = VAEModel.normalisation_from
+
+    def build_modules(self, cfg: CFMConfig, norm: Normalisation, *, seed: int = 0) -> dict[str, nn.Module]:
+        """The two velocity fields under ``model``; weights from torch's global generator (seeded by the caller)."""
+        assert isinstance(norm, EMNormalisation)
+        mesh = norm.geometry
+        return {"model": ShowerCFM(mesh.n_z, mesh.n_phi * mesh.n_r, norm.cond_width,
+                                   norm.conditioning.max_energy_gev * 1000.0, cfg)}
+
+    def build_task(self, cfg: CFMConfig, norm: Normalisation, *, seed: int, trainer: TrainerConfig,
+                   total_steps: int, aux: dict[str, nn.Module] | None = None) -> TrainTask:
+        model = self.build_modules(cfg, norm, seed=seed)["model"]
+        optimizer = make_optimizer(model.parameters(), trainer)
+        return SupervisedTask(model, cfm_loss, optimizer, make_scheduler(optimizer, trainer, total_steps),
+                              grad_clip=trainer.grad_clip)
+
+    def latent_width(self, cfg: CFMConfig, norm: Normalisation) -> int:
+        """One noise value per layer energy and one per cell: the ODEs start from noise of the data's shape."""
+        mesh = norm.geometry
+        return mesh.n_z + mesh.n_voxels
+
+    def sampler(self, modules: dict[str, nn.Module], cfg: CFMConfig, norm: Normalisation, *,
+                voxel_order: str = "native") -> CFMSampler:
+        return CFMSampler(modules["model"], cfg.steps).eval()
+
+    def output_description(self, norm: Normalisation) -> str:
+        return ("multiply by the incident energy (MeV) to get the energy per voxel in MeV; cells below the readout "
+                "threshold are already exact zeros")
+
+    def sidecar_fields(self, cfg: CFMConfig, norm: Normalisation, latent_dim: int, voxel_order: str,
+                       onnx_file: str) -> dict[str, Any]:
+        assert isinstance(norm, EMNormalisation)
+        mesh = norm.geometry
+        return {
+            "n_geometry_slots": norm.conditioning.n_geometry_slots,
+            "max_energy_mev": norm.conditioning.max_energy_gev * 1000.0,
+            "max_angle_deg": norm.conditioning.max_angle_deg,
+            "readout_threshold_mev": cfg.readout_threshold_mev,
+            "solver": {
+                "method": "euler", "steps": cfg.steps, "loop": "inside the graph (unrolled at export)",
+                "odes": ["layer energies (first), noise z[0:n_z]", f"cells given them, noise z[{mesh.n_z}:]"],
+                "note": "one Run call per batch gives finished showers; re-export with --steps N for another count",
+            },
+        }
