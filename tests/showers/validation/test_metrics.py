@@ -13,6 +13,7 @@ from mlfastsim.showers.validation.metrics import (
     compare_profiles,
     compare_samples,
     default_n_bins,
+    distance_grade,
     excess,
     fpd,
     frechet_distance,
@@ -24,7 +25,9 @@ from mlfastsim.showers.validation.metrics import (
     separation_power,
     separation_power_floor,
     separation_power_null,
+    split_halves,
     wasserstein,
+    wasserstein_split_floor,
 )
 
 
@@ -196,6 +199,22 @@ def test_kpd_and_fpd_errors_come_from_resampling_even_when_the_batch_is_the_samp
     wide = rng.normal(size=(60, 80)), rng.normal(size=(60, 80))
     f = fpd(*wide, seed=0)
     assert f["error"] > 0 and "bootstrap" in f["method"]
+    # ... whose bias is far above any difference: shown, not graded
+    assert f["extrapolated"] is False and distance_grade("fpd", f) == "n/a"
+
+
+def test_split_halves_keep_the_mix_of_conditions() -> None:
+    rng = np.random.default_rng(9)
+    strata = np.repeat(np.array(["10|90", "50|90", "100|70"]), [100, 101, 60])
+    a, b = split_halves(strata.size, rng, strata)
+    assert a.size == b.size and np.intersect1d(a, b).size == 0
+    for label, count in (("10|90", 50), ("50|90", 50), ("100|70", 30)):
+        assert np.sum(strata[a] == label) >= count - 1 and np.sum(strata[b] == label) >= count - 1
+    # a bimodal observable with a fixed number of showers per point: no mixture fluctuation in the floor
+    values = np.where(strata == "10|90", 10.0, np.where(strata == "50|90", 50.0, 100.0)) + rng.normal(0, 1, strata.size)
+    plain = wasserstein_split_floor(values, strata.size, n_splits=10, seed=0)[0]
+    strat = wasserstein_split_floor(values, strata.size, n_splits=10, seed=0, strata=strata)[0]
+    assert strat < 0.5 * plain
 
 
 def test_mmd_without_self_pairs_is_unbiased_under_resampling() -> None:

@@ -224,6 +224,32 @@ def compare_histograms(
     }
 
 
+def split_halves(n: int, rng: np.random.Generator, strata: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of two random halves of ``range(n)``, of equal size (one index left out when n is odd).
+
+    With ``strata`` (one label per row, e.g. the (energy, angle) point a shower was simulated at) each
+    stratum is halved on its own, so the halves keep the reference's mix of conditions: a sample made with
+    a fixed number of showers per point has no mixture fluctuation, and its floor should not either.
+    """
+    if strata is None:
+        perm = rng.permutation(n)
+        half = n // 2
+        return perm[:half], perm[half : 2 * half]
+    a, b = [], []
+    leftover = []
+    for label in np.unique(strata):
+        idx = rng.permutation(np.flatnonzero(strata == label))
+        half = idx.size // 2
+        a.append(idx[:half])
+        b.append(idx[half : 2 * half])
+        leftover.extend(idx[2 * half :].tolist())
+    rest = rng.permutation(np.asarray(leftover, dtype=np.int64))
+    half = rest.size // 2
+    a.append(rest[:half])
+    b.append(rest[half : 2 * half])
+    return np.concatenate(a).astype(np.int64), np.concatenate(b).astype(np.int64)
+
+
 def reference_split_floor(
     reference: np.ndarray,
     statistic: Callable[[np.ndarray, np.ndarray], float],
@@ -233,6 +259,7 @@ def reference_split_floor(
     seed: int = 0,
     power: float = 0.5,
     showers_per_row: float = 1.0,
+    strata: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """Same-vs-same floor of a distance, measured by splitting the reference into random halves.
 
@@ -243,26 +270,26 @@ def reference_split_floor(
     deviation of the rescaled values (the spread is 0 with a single split).  A half-sized sample is the
     best stand-in for "another sample of the reference distribution" that the inputs allow; the
     rescaling assumes the usual large-N scaling.  ``showers_per_row`` > 1 when each row aggregates
-    several showers (per-group cell spectra), so the sizes are counted in showers.
+    several showers (per-group cell spectra), so the sizes are counted in showers; ``strata`` halves each
+    condition point separately (:func:`split_halves`).
     """
     ref = np.asarray(reference)
     n = len(ref)
     if n < 4:
         return 0.0, 0.0
     rng = np.random.default_rng(seed)
-    n_a = n // 2
     w = float(showers_per_row)
-    scale = ((1.0 / (w * n) + 1.0 / max(n_candidate, 1)) / (1.0 / (w * n_a) + 1.0 / (w * (n - n_a)))) ** power
     values = []
     for _ in range(max(n_splits, 1)):
-        perm = rng.permutation(n)
-        values.append(scale * float(statistic(ref[perm[:n_a]], ref[perm[n_a:]])))
+        ia, ib = split_halves(n, rng, strata)
+        scale = ((1.0 / (w * n) + 1.0 / max(n_candidate, 1)) / (1.0 / (w * ia.size) + 1.0 / (w * ib.size))) ** power
+        values.append(scale * float(statistic(ref[ia], ref[ib])))
     arr = np.asarray(values)
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
 
 
 def wasserstein_split_floor(
-    reference: np.ndarray, n_candidate: int, *, n_splits: int = 5, seed: int = 0
+    reference: np.ndarray, n_candidate: int, *, n_splits: int = 5, seed: int = 0, strata: np.ndarray | None = None
 ) -> tuple[float, float]:
     """:func:`reference_split_floor` of the unweighted Wasserstein-1 distance, without sorting per split.
 
@@ -271,20 +298,22 @@ def wasserstein_split_floor(
     count one random value is left out of each split.  Same statistic and scaling as the generic helper,
     about 20x faster (it runs for every per-shower observable).
     """
-    x = np.sort(np.asarray(reference, dtype=np.float64).reshape(-1))
+    raw = np.asarray(reference, dtype=np.float64).reshape(-1)
+    order = np.argsort(raw, kind="stable")
+    x = raw[order]
+    labels = None if strata is None else np.asarray(strata)[order]
     n = x.size
     if n < 4:
         return 0.0, 0.0
     rng = np.random.default_rng(seed)
-    half = n // 2
-    scale = math.sqrt((1.0 / n + 1.0 / max(n_candidate, 1)) / (2.0 / half))
     values = np.empty(max(n_splits, 1))
     for i in range(values.size):
-        perm = rng.permutation(n)
+        ia, ib = split_halves(n, rng, labels)
         mask_a = np.zeros(n, dtype=bool)
-        mask_a[perm[:half]] = True
+        mask_a[ia] = True
         mask_b = np.zeros(n, dtype=bool)
-        mask_b[perm[half : 2 * half]] = True
+        mask_b[ib] = True
+        scale = math.sqrt((1.0 / n + 1.0 / max(n_candidate, 1)) / (2.0 / ia.size))
         values[i] = scale * float(np.mean(np.abs(x[mask_a] - x[mask_b])))
     return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
 
@@ -406,8 +435,12 @@ def fpd(
                              *_gaussian(cand[rng.integers(0, len(cand), len(cand))]))
             for _ in range(n_bootstrap)
         ]
+        # that distance carries a finite-sample bias far above any real difference (more features than
+        # showers: the covariances are rank-deficient), whose size no simple scaling predicts: not graded
         return {"value": raw, "error": float(np.std(boot, ddof=1)), "raw": raw, "n_features": int(ref.shape[1]),
-                "method": f"full-sample distance (no extrapolation: under {ref.shape[1] + 2} showers), "
+                "extrapolated": False,
+                "method": f"full-sample distance, not graded: fewer than {ref.shape[1] + 2} showers (its "
+                          f"{ref.shape[1]} features + 2), so no 1/N extrapolation and a bias of unknown size; "
                           f"bootstrap error over {n_bootstrap} resamples"}
     design = np.stack([np.ones_like(x), x], axis=1)
     coef, *_ = np.linalg.lstsq(design, y, rcond=None)
@@ -419,6 +452,7 @@ def fpd(
         "error": float(math.sqrt(max(cov[0, 0], 0.0))),
         "raw": raw,
         "n_features": int(ref.shape[1]),
+        "extrapolated": True,
         "method": f"1/N extrapolation over random subsets of {int(sizes[0])}..{int(sizes[-1])} showers",
     }
 
@@ -540,12 +574,20 @@ def grade(
 ) -> str:
     """'pass' / 'warn' / 'fail' / 'n/a' for one metric, always relative to its statistical floor.
 
-    ``fpd`` and ``kpd``: the significance ``value / error`` (their floor is 0).  Anything else (separation
-    power, Wasserstein-1, AUC): :func:`excess` of ``value`` over ``floor`` in units of ``floor_sd``.  No
+    ``fpd`` and ``kpd``: the significance ``value / error`` (their floor is 0), unless a measured floor is
+    given (FPD without extrapolation).  Anything else (separation power, Wasserstein-1, AUC): :func:`excess`
+    of ``value`` over ``floor`` in units of ``floor_sd``.  No
     floor, no grade ('n/a'): the classifier JSD, for one, has none.
     """
     if value is None or not np.isfinite(value):
         return "n/a"
-    if kind in ("fpd", "kpd"):
+    if kind in ("fpd", "kpd") and floor is None:
         return grade_excess(value / error if error is not None and error > 0 else None)
     return grade_excess(excess(value, floor, floor_sd))
+
+
+def distance_grade(kind: str, result: Mapping[str, Any]) -> str:
+    """Grade of an FPD or KPD result dict: by value / error, 'n/a' for an FPD that could not be extrapolated."""
+    if result.get("available", True) is False or result.get("extrapolated", True) is False:
+        return "n/a"
+    return grade(kind, result.get("value"), result.get("error"))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mlfastsim.core.io import atomic_write_text
-from mlfastsim.showers.validation.metrics import combined_excess, grade, grade_excess
+from mlfastsim.showers.validation.metrics import combined_excess, distance_grade, grade, grade_excess
 from mlfastsim.showers.validation.observables import OBSERVABLE_INFO, PER_LAYER, layer_prefix
 
 _CSS = """
@@ -100,11 +100,16 @@ def _w1_grade(m: Mapping[str, Any]) -> str:
                  floor_sd=m.get("wasserstein_floor_sd"))
 
 
+def _sig(value: float) -> str:
+    """Three significant digits, no float noise."""
+    return f"{value:.3g}"
+
+
 def _floor_text(m: Mapping[str, Any], what: str) -> str:
     floor, sd = m.get(f"{what}_floor"), m.get(f"{what}_floor_sd")
     if floor is None:
         return "<td class='na'>none</td>"
-    return f"<td>{_fmt(floor, 3)}" + (f" ± {_fmt(sd, 2)}" if sd else "") + "</td>"
+    return f"<td>{_sig(floor)}" + (f" ± {_sig(sd)}" if sd else "") + "</td>"
 
 
 def _table(header: Sequence[str], rows: Sequence[str]) -> str:
@@ -137,7 +142,7 @@ def _observables_rows(
             o = official.get(name)
             row += (_graded_cell(o.get("separation_power"), _sp_grade(o)) if o else "<td class='na'>–</td>")
         w = m.get("wasserstein")
-        row += (f'<td class="{_GRADE_CLASS[_w1_grade(m)]}">{_fmt(w)}{_unit(m)}</td>'
+        row += (f'<td class="{_GRADE_CLASS[_w1_grade(m)]}">{_sig(w) if w is not None else "–"}{_unit(m)}</td>'
                 + _floor_text(m, "wasserstein") + f"<td>{m.get('n_bins', '')}</td></tr>")
         singles.append(row)
     for key in PER_LAYER:
@@ -210,9 +215,10 @@ def _summary_rows(metrics: Mapping[str, Any]) -> list[str]:
             continue
         note = html.escape(str(m.get("method", f"median of {m.get('n_batches', '')} bootstrap batches of "
                                                 f"{m.get('batch_size', '')}")))
-        if m["value"] < 0:
+        if m["value"] < 0 and m.get("extrapolated", True):
             note += "; negative: an unbiased estimate of 0 with noise, i.e. no difference found"
-        rows.append(f"<tr><td class='name'>{key.upper()}</td>" + _cell(m["value"], key, m["error"])
+        rows.append(f"<tr><td class='name'>{key.upper()}</td>" + _graded_cell(m["value"], distance_grade(key, m),
+                                                                               m["error"])
                     + f"<td>0</td><td class='name'>{note}</td></tr>")
     return rows
 

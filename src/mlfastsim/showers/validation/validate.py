@@ -44,6 +44,7 @@ from mlfastsim.showers.validation.metrics import (
     compare_profiles,
     compare_samples,
     default_n_bins,
+    distance_grade,
     excess,
     fpd,
     grade,
@@ -129,8 +130,14 @@ def _stage(timings: dict[str, float], name: str, bar: Any) -> Iterator[None]:
     bar.advance(1)
 
 
-def _w1_floor(ref: np.ndarray, n_cand: int, seed: int, n_splits: int) -> tuple[float, float]:
-    return wasserstein_split_floor(ref, n_cand, n_splits=n_splits, seed=seed)
+def condition_strata(data: ShowerData, *, max_points: int = 64) -> np.ndarray | None:
+    """One label per shower naming its (energy, angle) point, for samples made at a few fixed points.
+
+    Reference-split floors halve each point separately with these (a sample with a fixed number of
+    showers per point has no mixture fluctuation between energies); None for continuous conditions.
+    """
+    labels = _point_labels(data, None, None)
+    return labels if np.unique(labels).size <= max_points else None
 
 
 def compare_all(
@@ -155,10 +162,12 @@ def compare_all(
     n_ref, n_cand = len(obs_ref["e_total"]), len(obs_cand["e_total"])
     n_bins = default_n_bins(n_ref, n_cand)
     out: dict[str, dict[str, Any]] = {}
+    strata = condition_strata(reference) if len(reference) == n_ref else None
 
     def per_shower(ref: np.ndarray, cand: np.ndarray) -> dict[str, Any]:
         m = compare_samples(ref, cand, n_bins=n_bins)
-        m["wasserstein_floor"], m["wasserstein_floor_sd"] = _w1_floor(ref, cand.size, seed, n_splits)
+        m["wasserstein_floor"], m["wasserstein_floor_sd"] = wasserstein_split_floor(
+            ref, cand.size, n_splits=n_splits, seed=seed, strata=strata)
         return m
 
     for key in SCALARS:
@@ -169,11 +178,11 @@ def compare_all(
         out[name] = compare_profiles(positions, obs_ref[key].mean(axis=0), obs_cand[key].mean(axis=0))
         out[name]["separation_power_floor"], out[name]["separation_power_floor_sd"] = reference_split_floor(
             obs_ref[key], lambda a, b: separation_power(a.mean(axis=0), b.mean(axis=0)), n_cand,
-            n_splits=n_splits, seed=seed, power=1.0)
+            n_splits=n_splits, seed=seed, power=1.0, strata=strata)
         out[name]["wasserstein_floor"], out[name]["wasserstein_floor_sd"] = reference_split_floor(
             obs_ref[key], lambda a, b, x=positions: wasserstein(x, x, ref_weights=a.mean(axis=0),
                                                                 cand_weights=b.mean(axis=0))[0],
-            n_cand, n_splits=n_splits, seed=seed)
+            n_cand, n_splits=n_splits, seed=seed, strata=strata)
         out[name]["unit_wasserstein"] = "mm"
     edges = (cell_energy_edges(reference, n_bins=cell_bins) if not cell_threshold_mev
              else cell_energy_edges(reference, n_bins=cell_bins, e_min_mev=cell_threshold_mev))
@@ -696,7 +705,7 @@ def summary_table(metrics: Mapping[str, Any]) -> Table:
         if not _available(m):
             row(key.upper(), "unavailable", "", "n/a")
             continue
-        row(key.upper(), _fmt_value(m["value"], ".4g", m["error"]), "0", grade(key, m["value"], m["error"]))
+        row(key.upper(), _fmt_value(m["value"], ".4g", m["error"]), "0", distance_grade(key, m))
     obs = metrics.get("observables", {})
     for name, m in obs.items():
         if any(name.startswith(layer_prefix(key)) for key in PER_LAYER):
