@@ -39,6 +39,13 @@ def test_missing_file(cli, small_file: Path, tmp_path: Path) -> None:
     assert_clean_error(res, str(missing), "does not exist")
 
 
+def test_convert_missing_input_is_one_line(cli, tmp_path: Path) -> None:
+    res = cli("showers", "convert", "--from", "par04", tmp_path / "SiW_90deg.h5", "--mesh", "par04",
+              "-o", tmp_path / "out.h5")
+    assert res.code == 2 and "input file does not exist" in res.err and "SiW_90deg.h5" in res.err
+    assert len(res.err.strip().splitlines()) == 1
+
+
 def test_not_hdf5(cli, small_file: Path, tmp_path: Path) -> None:
     bad = tmp_path / "notes.h5"
     bad.write_text("these are my notes")

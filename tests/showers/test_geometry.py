@@ -32,6 +32,10 @@ def test_binning_xml_gives_the_preset_meshes(binning_ds2: Path, binning_ds3: Pat
     np.testing.assert_allclose(m2.r_edges, MESH_PRESETS["ds2"].r_edges)
     m3 = load_mesh(binning_ds3)
     assert m3.shape == MESH_PRESETS["par04"].shape
+    # the shipped files by preset or file name, from any directory (the README's --binning ds2)
+    for spec in ("ds2", "binning_dataset_2.xml"):
+        assert read_binning_xml(spec).shape == MESH_PRESETS["ds2"].shape
+    assert read_binning_xml("ds3").shape == MESH_PRESETS["par04"].shape
 
 
 def test_non_uniform_binning_and_roundtrip_through_dict(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from pydantic import Field
 
 from mlfastsim.core.config import StrictModel
-from mlfastsim.core.errors import ConfigError, MlfastsimError
+from mlfastsim.core.errors import ConfigError, InputFileError, MlfastsimError
 from mlfastsim.core.io import check_interrupt, watch_interrupts
 from mlfastsim.core.progress import progress_bar
 from mlfastsim.core.resume import (
@@ -256,7 +256,10 @@ def file_signatures(paths: Iterable[str | Path]) -> list[tuple[str, int, int]]:
     """(path, size, mtime in ns) of each input: part of a fingerprint, so a changed input is redone."""
     out = []
     for p in paths:
-        st = Path(p).stat()
+        try:
+            st = Path(p).stat()
+        except FileNotFoundError:  # the fingerprint is the first thing to touch an input: say it plainly
+            raise InputFileError("input file does not exist", file=p, fix="check the path") from None
         out.append((str(Path(p).resolve()), st.st_size, st.st_mtime_ns))
     return out
 

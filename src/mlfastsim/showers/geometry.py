@@ -425,6 +425,28 @@ def mesh_from_dict(d: dict[str, Any], *, source: str | None = None) -> Mesh:
     raise GeometryError(f"unknown geometry kind {kind!r}", file=source, field="geometry.kind",
                         fix="use 'cylindrical' or 'cartesian'")
 
+#: CaloChallenge binning files shipped in mlfastsim/data/binning, by the mesh preset they describe
+SHIPPED_BINNINGS = {"ds2": "binning_dataset_2.xml", "ds3": "binning_dataset_3.xml", "par04": "binning_dataset_3.xml"}
+
+
+def binning_path(spec: str | Path) -> Path:
+    """``--binning`` as a file, or a shipped binning: a preset name (ds2, ds3) or the shipped file's name.
+
+    The CaloChallenge XMLs ship inside the package, so ``--binning ds2`` (as ``--mesh ds2``) and
+    ``--binning binning_dataset_2.xml`` work from any directory; a file of that name here wins.
+    """
+    p = Path(spec)
+    if p.is_file():
+        return p
+    from importlib import resources
+
+    shipped = resources.files("mlfastsim") / "data" / "binning"
+    name = SHIPPED_BINNINGS.get(str(spec), p.name if p.parent == Path() else None)
+    if name is not None and (shipped / name).is_file():
+        return Path(str(shipped / name))
+    return p
+
+
 def read_binning_xml(path: str | Path, *, particle: str | None = None, size_z: float = 3.4) -> CylindricalMesh:
     """Read a CaloChallenge binning XML (``<Bins><Bin pid name><Layer id r_edges n_bin_alpha/>``).
 
@@ -432,9 +454,10 @@ def read_binning_xml(path: str | Path, *, particle: str | None = None, size_z: f
     map onto a cylindrical mesh; irregular ones are refused with a clear message.  The XML carries no
     layer thickness, so ``size_z`` (mm) is taken from the caller (3.4 mm for datasets 2 and 3).
     """
-    p = Path(path)
+    p = binning_path(path)
     if not p.is_file():
-        raise GeometryError("binning XML does not exist", file=p, fix="check the --binning path")
+        raise GeometryError("binning XML does not exist", file=p,
+                            fix=f"check the --binning path, or name a shipped one ({', '.join(SHIPPED_BINNINGS)})")
     try:
         root = ET.parse(p).getroot()
     except ET.ParseError as exc:
