@@ -172,6 +172,14 @@ def validate(
     )
     metrics = validate_files(cfg, progress=True)
     console.print(summary_table(metrics))
+    matched = metrics.get("matched_conditions")
+    if matched:
+        console.print(f"matched conditions {matched['how']}: kept {matched['kept_reference']} of "
+                      f"{matched['of_reference']} reference and {matched['kept_candidate']} of "
+                      f"{matched['of_candidate']} candidate showers")
+    for level, res in (metrics.get("classifier") or {}).items():
+        if res.get("available", True) is False:
+            console.print(f"[yellow]classifier ({level}) unavailable:[/] {res['reason']}")
     console.print(f"[green]wrote[/] {cfg.output / 'metrics.json'} and {cfg.output / 'report.html'}")
 
 
