@@ -234,6 +234,7 @@ def preprocess_disk_fills(c: Ctx) -> list[str]:
 
 def _no_arrays(c: Ctx) -> None:
     assert not list(c.tmp.rglob("*.npy")) and not list(c.tmp.rglob("*.tmp"))
+    assert not (c.tmp / "pre").exists()  # a failed first run leaves no empty output folder
 
 
 LARTPC_SIM = {"n_events": 4, "seed": 2, "tpc_ids": [1], "muons": [1, 2], "protons": [0, 1], "showers": [0, 1],

@@ -33,7 +33,6 @@ from mlfastsim.core.errors import ConfigError, DataError, InputFileError
 from mlfastsim.core.io import (
     atomic_write_json,
     check_free_space,
-    ensure_writable_dir,
     plain_file_mode,
     translate_fs_errors,
 )
@@ -274,6 +273,7 @@ def preprocess_file(cfg: PreprocessConfig, *, progress: bool = True) -> dict[str
         mark_done,
         run_tasks,
     )
+    from mlfastsim.core.resume import job_output_dir
 
     if cfg.input is None:
         raise ConfigError("no input file", field="--input", fix="pass -i EVENTS.h5")
@@ -281,55 +281,56 @@ def preprocess_file(cfg: PreprocessConfig, *, progress: bool = True) -> dict[str
     if bad or not cfg.keys:
         raise ConfigError(f"unknown input type(s) {', '.join(bad) or '(none given)'}", field="--keys",
                           fix=f"choose from {', '.join(INPUT_TYPES)}")
-    outdir = ensure_writable_dir(cfg.output_dir).resolve()  # absolute: workers run elsewhere
-    summary_path = outdir / "preprocess.json"
-    with EventFile(cfg.input, need_labels="y" in cfg.keys) as ef:
-        n = ef.n_events
-    if n == 0:
-        raise DataError("the file holds no events", file=cfg.input, field="events", fix="produce some events")
-    fingerprint = config_fingerprint(cfg, file_signatures([cfg.input]))
-    finals = [outdir / f"{k}.npy" for k in cfg.keys] + [outdir / "vocab.json"]
-    if is_done(summary_path, fingerprint, companions=finals):  # the files hold exactly what this job wrote
-        return json.loads(summary_path.read_text())
-    vocab = Vocabulary.from_decay_table(str(cfg.dec_file) if cfg.dec_file else None)
-    shapes = {"particle": (n, cfg.max_particles, N_FEATURES), "pdg": (n, cfg.max_particles),
-              "mother_pdg": (n, cfg.max_particles), "mother_index": (n, cfg.max_particles),
-              "decay": (n, cfg.max_tokens), "y": (n,), "event": (n,)}
-    # one writer per output directory (a second job stops with one line); chunks of a killed run are reused
-    cache = TaskCache(cache_dir_for(summary_path), fingerprint)
-    partial = {key: cache.directory / f"{key}.npy" for key in cfg.keys}
-    if not all(p.is_file() for p in partial.values()):
-        cache.reset()  # finished chunks without their rows: start over
-        need = sum(int(np.prod(shapes[k])) * np.dtype(DTYPES[k]).itemsize for k in cfg.keys)
-        check_free_space(outdir, need, what="preprocessed arrays")
+    with job_output_dir(cfg.output_dir) as made:  # a failed first run leaves no empty folder
+        outdir = made.resolve()  # absolute: workers run elsewhere
+        summary_path = outdir / "preprocess.json"
+        with EventFile(cfg.input, need_labels="y" in cfg.keys) as ef:
+            n = ef.n_events
+        if n == 0:
+            raise DataError("the file holds no events", file=cfg.input, field="events", fix="produce some events")
+        fingerprint = config_fingerprint(cfg, file_signatures([cfg.input]))
+        finals = [outdir / f"{k}.npy" for k in cfg.keys] + [outdir / "vocab.json"]
+        if is_done(summary_path, fingerprint, companions=finals):  # the files hold exactly what this job wrote
+            return json.loads(summary_path.read_text())
+        vocab = Vocabulary.from_decay_table(str(cfg.dec_file) if cfg.dec_file else None)
+        shapes = {"particle": (n, cfg.max_particles, N_FEATURES), "pdg": (n, cfg.max_particles),
+                  "mother_pdg": (n, cfg.max_particles), "mother_index": (n, cfg.max_particles),
+                  "decay": (n, cfg.max_tokens), "y": (n,), "event": (n,)}
+        # one writer per output directory (a second job stops with one line); chunks of a killed run are reused
+        cache = TaskCache(cache_dir_for(summary_path), fingerprint)
+        partial = {key: cache.directory / f"{key}.npy" for key in cfg.keys}
+        if not all(p.is_file() for p in partial.values()):
+            cache.reset()  # finished chunks without their rows: start over
+            need = sum(int(np.prod(shapes[k])) * np.dtype(DTYPES[k]).itemsize for k in cfg.keys)
+            check_free_space(outdir, need, what="preprocessed arrays")
+            with translate_fs_errors(outdir, what="preprocessed arrays", any_errno=True):
+                for key, path in partial.items():
+                    np.lib.format.open_memmap(path, mode="w+", dtype=DTYPES[key], shape=shapes[key]).flush()
+                    # reserve the blocks now: a memory-mapped write into a full disk is a SIGBUS crash later
+                    fd = os.open(path, os.O_RDWR)
+                    try:
+                        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+                    finally:
+                        os.close(fd)
+        task_cfg = cfg.model_copy(update={"input": Path(cfg.input).resolve()})
+        tasks = [(task_cfg, lo, min(lo + cfg.chunk_events, n), vocab, partial) for lo in range(0, n, cfg.chunk_events)]
+        parts = run_tasks(_preprocess_chunk, tasks, workers=cfg.parallel.workers, scheduler=cfg.parallel.scheduler,
+                          description=f"preprocess {n} events", progress=progress, cache=cache)
+        stats: dict[str, Any] = {}
+        for part in parts:
+            _merge_stats(stats, part)
+        clear_done(summary_path)
         with translate_fs_errors(outdir, what="preprocessed arrays", any_errno=True):
             for key, path in partial.items():
-                np.lib.format.open_memmap(path, mode="w+", dtype=DTYPES[key], shape=shapes[key]).flush()
-                # reserve the blocks now: a memory-mapped write into a full disk is a SIGBUS crash later
-                fd = os.open(path, os.O_RDWR)
-                try:
-                    os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
-                finally:
-                    os.close(fd)
-    task_cfg = cfg.model_copy(update={"input": Path(cfg.input).resolve()})
-    tasks = [(task_cfg, lo, min(lo + cfg.chunk_events, n), vocab, partial) for lo in range(0, n, cfg.chunk_events)]
-    parts = run_tasks(_preprocess_chunk, tasks, workers=cfg.parallel.workers, scheduler=cfg.parallel.scheduler,
-                      description=f"preprocess {n} events", progress=progress, cache=cache)
-    stats: dict[str, Any] = {}
-    for part in parts:
-        _merge_stats(stats, part)
-    clear_done(summary_path)
-    with translate_fs_errors(outdir, what="preprocessed arrays", any_errno=True):
-        for key, path in partial.items():
-            os.chmod(path, plain_file_mode())  # np.memmap files are 0644-like already; match atomic outputs
-            os.replace(path, outdir / f"{key}.npy")
-    atomic_write_json(outdir / "vocab.json", vocab.to_json())
-    summary = {"input": str(cfg.input), "keys": list(cfg.keys), "max_particles": cfg.max_particles,
-               "max_tokens": cfg.max_tokens, "features": list(FEATURES), **stats}
-    atomic_write_json(summary_path, summary)
-    mark_done(summary_path, fingerprint, companions=finals)
-    cache.clear()
-    return summary
+                os.chmod(path, plain_file_mode())  # np.memmap files are 0644-like already; match atomic outputs
+                os.replace(path, outdir / f"{key}.npy")
+        atomic_write_json(outdir / "vocab.json", vocab.to_json())
+        summary = {"input": str(cfg.input), "keys": list(cfg.keys), "max_particles": cfg.max_particles,
+                   "max_tokens": cfg.max_tokens, "features": list(FEATURES), **stats}
+        atomic_write_json(summary_path, summary)
+        mark_done(summary_path, fingerprint, companions=finals)
+        cache.clear()
+        return summary
 
 
 def _preprocess_chunk(cfg: PreprocessConfig, lo: int, hi: int, vocab: Vocabulary,

@@ -172,6 +172,38 @@ def job_lock(output: str | Path) -> Iterator[None]:
         release_job_lock(output)
 
 
+@contextlib.contextmanager
+def job_output_dir(directory: str | Path) -> Iterator[Path]:
+    """Create a job's output directory; if the job fails and the directory is new and holds nothing a
+    rerun could use (no visible file, no finished task record), remove it again, so a refused or failed
+    run leaves no empty folder behind."""
+    d = Path(directory)
+    created = not d.exists()
+    out = ensure_writable_dir(d)
+    try:
+        yield out
+    except BaseException:
+        if created:
+            _remove_if_unused(out)
+        raise
+
+
+def _remove_if_unused(directory: Path) -> None:
+    root = directory.resolve()
+    try:
+        visible = any(not p.name.startswith(".") for p in root.iterdir())
+        records = any(root.rglob("task_*.npz"))
+    except OSError:
+        return
+    if visible or records:
+        return
+    for key in [k for k in _HELD if Path(k).parent == root or root in Path(k).parents]:
+        release_job_lock(Path(key).parent / Path(key).name[1 : -len(".lock")], all_levels=True)
+    for cache in [c for c in _OPEN_CACHES if root in c.directory.resolve().parents]:
+        _OPEN_CACHES.remove(cache)
+    shutil.rmtree(root, ignore_errors=True)
+
+
 # ------------------------------------------------------------------ resume cache
 def cache_dir_for(output: str | Path) -> Path:
     """Where a job writing ``output`` keeps its finished tasks: a hidden ``.NAME.parts`` beside it."""

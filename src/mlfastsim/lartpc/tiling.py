@@ -446,13 +446,12 @@ def process_xy(cfg: MakeBatchesConfig, *, progress: bool = True) -> BatchStats:
     output is a pure function of its input files and written atomically, so the files are byte-identical
     whatever the worker count, and a rerun after a killed run redoes only the batches not yet on disk.
     """
-    from mlfastsim.core.resume import job_lock
+    from mlfastsim.core.resume import job_lock, job_output_dir
 
-    out_dir = ensure_writable_dir(cfg.output_dir).resolve()
     # one writer per output directory: a second make-batches on it stops with one line instead of
-    # interleaving batches made with other settings
-    with job_lock(out_dir):
-        return _process_xy(cfg, out_dir, progress=progress)
+    # interleaving batches made with other settings; a failed first run leaves no empty folder
+    with job_output_dir(cfg.output_dir) as made, job_lock(made.resolve()):
+        return _process_xy(cfg, made.resolve(), progress=progress)
 
 
 def _process_xy(cfg: MakeBatchesConfig, out_dir: Path, *, progress: bool) -> BatchStats:
