@@ -245,3 +245,25 @@ def test_fast_wasserstein_floor_matches_the_generic_split() -> None:
     fast = wasserstein_split_floor(ref, 5000, n_splits=40, seed=1)
     slow = reference_split_floor(ref, lambda a, b: wasserstein(a, b)[0], 5000, n_splits=40, seed=2)
     assert fast[0] == pytest.approx(slow[0], rel=0.15) and fast[1] == pytest.approx(slow[1], rel=0.5)
+
+
+def test_validate_files_refuses_calochallenge_mode_on_a_grid_and_leaves_no_folder(tmp_path: Path) -> None:
+    from mlfastsim.core.errors import ConfigError
+    from mlfastsim.showers.config import ValidateConfig
+    from mlfastsim.showers.geometry import GRID_PRESETS
+    from mlfastsim.showers.io.formats import write_native
+    from mlfastsim.showers.pipeline import validate_files
+
+    grid = GRID_PRESETS["hcal48"]
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        write_native(ShowerData(np.full(30, 5e4), rng.gamma(0.5, 1.0, (30, grid.n_voxels)).astype(np.float32), grid),
+                     tmp_path / f"{name}.h5")
+    out = tmp_path / "out"
+    cfg = ValidateConfig(reference=tmp_path / "a.h5", candidate=tmp_path / "b.h5", output=out,
+                         binning_mode="calochallenge", classifier=False)
+    with pytest.raises(ConfigError, match="cylindrical datasets 2/3") as err:
+        validate_files(cfg)
+    assert err.value.field == "--binning-mode"
+    assert not out.exists()  # never an empty output folder
+    assert ValidateConfig(classifier=True).classifier == "fast" and ValidateConfig(classifier=False).classifier == "off"
