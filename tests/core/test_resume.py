@@ -184,3 +184,28 @@ def test_old_marker_without_signature_is_not_trusted(tmp_path: Path) -> None:
     out.write_bytes(b"x")
     (tmp_path / ".o.h5.done.json").write_text('{"fingerprint": "fp", "output": "o.h5", "info": {}}')
     assert not is_done(out, "fp")
+
+
+def test_iter_tasks_streams_in_order_serially_and_on_dask(tmp_path: Path) -> None:
+    from mlfastsim.core.parallel import iter_tasks
+
+    tasks = [(i,) for i in range(7)]
+    cache = TaskCache(cache_dir_for(tmp_path / "o.h5"), "fp")
+    cache.save(3, 99)  # a finished task of a killed run is read back in its turn, not recomputed
+    assert list(iter_tasks(_square, tasks, progress=False, cache=cache)) == [0, 1, 4, 99, 16, 25, 36]
+    assert list(iter_tasks(_square, tasks, workers=2, window=1, progress=False)) == [i * i for i in range(7)]
+    cache.clear()
+
+
+def test_failed_first_run_leaves_no_output_folder(tmp_path: Path) -> None:
+    from mlfastsim.core.resume import job_output_dir
+
+    out = tmp_path / "pre"
+    with pytest.raises(RuntimeError), job_output_dir(out) as d:
+        TaskCache(cache_dir_for(d / "summary.json"), "fp")
+        raise RuntimeError("refused input")
+    assert not out.exists()
+    with pytest.raises(RuntimeError), job_output_dir(out) as d:
+        TaskCache(cache_dir_for(d / "summary.json"), "fp").save(0, 1)
+        raise RuntimeError("killed midway")
+    assert out.is_dir()  # it holds a finished task: the rerun resumes from it
