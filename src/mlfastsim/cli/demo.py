@@ -34,10 +34,13 @@ def metahep(
     """Adapt the shipped model to an unseen detector, export, generate, validate; compare three ways."""
     if ctx.invoked_subcommand is not None:
         return
+    from mlfastsim.core.quick import cap
     from mlfastsim.showers.demo import metahep_story
 
-    results = metahep_story(output, n_few=n_few, n_reference=n_reference, adaptation_steps=adaptation_steps,
-                            seed=seed, classifier=not no_classifier)
+    # MLFASTSIM_QUICK=1 (the README test): smoke-test sizes, the same steps
+    results = metahep_story(output, n_few=cap("n_per_point", n_few), n_reference=cap("n_per_point", n_reference),
+                            adaptation_steps=cap("adaptation_steps", adaptation_steps), seed=seed,
+                            classifier=not no_classifier)
     console.print(_metahep_table(results))
     console.print(f"reports: {output}/validate_*/report.html; ONNX model: {output / 'adapted.onnx'}")
 
@@ -53,10 +56,12 @@ def detectors(
 ) -> None:
     """Simulate two detectors, validate same-vs-same and different-vs-same, print the table."""
     from mlfastsim.cli.common import parse_floats
+    from mlfastsim.core.quick import cap
     from mlfastsim.showers.demo import detectors_story
 
-    results = detectors_story(output, n_per_point=n_per_point, energies_gev=parse_floats(energies, "--energies"),
-                              workers=workers, classifier=not no_classifier, seed=seed)
+    results = detectors_story(output, n_per_point=cap("n_per_point", n_per_point),
+                              energies_gev=parse_floats(energies, "--energies"), workers=workers,
+                              classifier=not no_classifier, seed=seed)
     console.print(_comparison_table(results))
     console.print(f"reports: {output}/validate_*/report.html")
 

@@ -183,6 +183,19 @@ def validate(
     console.print(f"[green]wrote[/] {cfg.output / 'metrics.json'} and {cfg.output / 'report.html'}")
 
 
+@app.command("example-data")
+def example_data(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the files.")] = Path("examples"),
+    n_showers: Annotated[int, typer.Option("--n-showers", min=1, help="Showers per file (and angle).")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+) -> None:
+    """Write small inputs in every layout `showers convert` reads (CaloChallenge, Par04, hits), simulated."""
+    from mlfastsim.showers.examples import write_example_data
+
+    files = write_example_data(output, n_showers=n_showers, seed=seed)
+    console.print(f"[green]wrote[/] {', '.join(str(p) for p in files)} (simulated showers, not Geant4)")
+
+
 @app.command()
 def presets() -> None:
     """List the detector, mesh and hadron-grid presets with the material facts the simulators use."""

@@ -1,6 +1,7 @@
 """YAML configs validated by pydantic, with ``--set a.b=c`` overrides.
 
-Precedence, lowest first: model defaults < YAML file (``--config``) < command-line options < ``--set``.
+Precedence, lowest first: model defaults < YAML file (``--config``) < command-line options < ``--set``;
+with ``MLFASTSIM_QUICK=1`` the size knobs are then capped (:mod:`mlfastsim.core.quick`).
 ``--set`` is the most specific thing a user can type, so it wins.  Unknown keys are errors (a typo in a
 config must never be silently ignored), and every error names the file, the dotted key and the fix.
 """
@@ -184,7 +185,7 @@ def load_config(
         _check_path(model, parts, item)
         _set_nested(data, parts, value)
     try:
-        return model.model_validate(data)
+        cfg = model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"]) or "<root>"
@@ -202,6 +203,11 @@ def load_config(
             field=loc,
             fix=fix,
         ) from exc
+    from mlfastsim.core.quick import apply_quick, quick_mode
+
+    if quick_mode():  # MLFASTSIM_QUICK=1: the README's commands at smoke-test size
+        apply_quick(cfg)
+    return cfg
 
 
 def dump_config(cfg: BaseModel) -> str:
