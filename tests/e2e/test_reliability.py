@@ -330,6 +330,11 @@ def run_name_escape(c: Ctx) -> list[str]:
             str(c.tmp / "v"), "--no-classifier", "--set", "tracking.run_name=../../../escaped"]
 
 
+def adapt_run_name_escape(c: Ctx) -> list[str]:
+    return ["showers", "adapt", "--data", str(c.small_file), "--checkpoint", str(c.small_file), "--study-name", "s",
+            "--run-name", "../../../escaped", "--adaptation-steps", "1"]
+
+
 def _not_escaped(c: Ctx) -> None:
     assert not (c.tmp.parent.parent / "escaped").exists()
 
@@ -368,6 +373,7 @@ CASES: dict[str, Case] = {
     "simulate -o /proc/x.h5": Case(sim_to_proc, 2, ("/proc/x.h5",)),
     "400 degree angle in a file": Case(angle_400, 2, ("outside 0..180",)),
     "run name ../../../escaped": Case(run_name_escape, 2, ("not a plain folder name",), _not_escaped),
+    "adapt --run-name ../../../escaped": Case(adapt_run_name_escape, 2, ("not a plain folder name",), _not_escaped),
     "killed run's .NAME.xxxx.tmp is cleaned": Case(stale_tmp, 0, (), _stale_tmp_gone),
 }
 

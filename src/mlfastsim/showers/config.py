@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from mlfastsim.core.config import ConfigValueError, StrictModel
+from mlfastsim.core.config import ConfigValueError, PlainName, StrictModel
 from mlfastsim.core.devices import DeviceConfig
 from mlfastsim.core.parallel import ParallelConfig
 from mlfastsim.core.tracking import TrackingConfig
@@ -198,8 +198,8 @@ class AdaptConfig(StrictModel):
     learning_rate: float = Field(1e-3, gt=0)
     batch_size: int = Field(64, ge=1)
     seed: int = 0
-    study_name: str = "adaptation"
-    run_name: str | None = None
+    study_name: PlainName = "adaptation"  # folders under output_dir: never '../x'
+    run_name: PlainName | None = None
     output_dir: Path = Path("runs")
     device: DeviceConfig = DeviceConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -209,8 +209,8 @@ class ExportConfig(StrictModel):
     """``showers export``: the decoder of a trained/adapted model as ONNX plus a JSON sidecar."""
 
     checkpoint: Path | None = None  # a checkpoint file directly, or find it by study/run/step:
-    study_name: str | None = None
-    run_name: str | None = None  # default: the most recent run of the study
+    study_name: PlainName | None = None
+    run_name: PlainName | None = None  # default: the most recent run of the study
     # a step, or "latest" / "best" (lowest validation loss recorded); default: the last checkpoint of the run
     adaptation_step: int | Literal["latest", "best"] | None = None
     output_dir: Path = Path("runs")
