@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/belle2_study.py --size cpu --work runs/belle2_study      # ~25 min
     OMP_NUM_THREADS=1 python benchmarks/belle2_study.py --size tiny --work /tmp/belle2_tiny      # smoke run
-    ... --train-events a.h5 b.h5 --test-events t.h5      # reuse produced files instead of producing
+    ... --train-events a.h5 b.h5 --test-events t.h5      # reuse produced files (same events and seeds)
 
 1. **Filters** (resnet and gnn): trained on the standard skim label (the hadronic/semileptonic B-tag skim of
    ``belle2 produce``) with early stopping on the validation loss, weight decay and dropout; the best
@@ -39,14 +39,14 @@ RESNET = {"embedding_dim": 8, "decay_channels": 32, "decay_kernel": 9, "decay_la
           "residual_blocks": 2, "residual_kernel": 3, "head_units": 64, "dropout": 0.3}
 GNN = {"embedding_dim": 8, "hidden": 32, "heads": 2, "layers": 2, "head_units": 64, "dropout": 0.3}
 SIZES: dict[str, dict[str, Any]] = {
-    "tiny": {"n_train": 1500, "n_test": 1000, "max_steps": 60, "eval_every": 20, "patience": 2, "batch": 64,
-             "models": ["resnet"], "finetune_steps": 40},
+    "tiny": {"train": [(1500, 1)], "test": (1000, 2), "max_steps": 60, "eval_every": 20, "patience": 2,
+             "batch": 64, "models": ["resnet"], "finetune_steps": 40},
     # ~25 min wall on a shared 2-core machine (training only; producing 60k events costs ~3 min more of CPU)
-    "cpu": {"n_train": 50000, "n_test": 10000, "max_steps": 6000, "eval_every": 250, "patience": 4, "batch": 128,
-            "models": ["resnet", "gnn"], "finetune_steps": 1500},
+    "cpu": {"train": [(20000, 1), (30000, 3)], "test": (10000, 2), "max_steps": 6000, "eval_every": 250,
+            "patience": 4, "batch": 128, "models": ["resnet", "gnn"], "finetune_steps": 1500},
     # a GPU: ten times the events, full-size networks (configs/belle2/*.yaml comments)
-    "full": {"n_train": 1000000, "n_test": 100000, "max_steps": 100000, "eval_every": 1000, "patience": 5,
-             "batch": 1024, "models": ["resnet", "gnn"], "finetune_steps": 10000},
+    "full": {"train": [(1000000, 1)], "test": (100000, 2), "max_steps": 100000, "eval_every": 1000,
+             "patience": 5, "batch": 1024, "models": ["resnet", "gnn"], "finetune_steps": 10000},
 }
 
 
@@ -122,7 +122,7 @@ def _score(checkpoint: Path, pre: Path) -> np.ndarray:
     from mlfastsim.belle2.apply import load_filter, score_arrays
 
     model, inputs, _, _ = load_filter(checkpoint)
-    arrays = {k: np.load(pre / f"{k}.npy", mmap_mode="r") for k in inputs}
+    arrays = {k: np.load(pre / f"{k}.npy") for k in inputs}
     return score_arrays(model, inputs, arrays, 1024)
 
 
@@ -161,8 +161,10 @@ def main() -> None:
     def save() -> None:
         res_path.write_text(json.dumps(results, indent=1, default=float))
 
-    train_files = args.train_events or [_produce(work / "train.h5", size["n_train"], 1)]
-    test_file = args.test_events or _produce(work / "test.h5", size["n_test"], 2)
+    # produce is a pure function of (events, chunk size, seed): files made elsewhere with the same triple
+    # (the README flow) can be passed instead and give the same training
+    train_files = args.train_events or [_produce(work / f"train_seed{seed}.h5", n, seed) for n, seed in size["train"]]
+    test_file = args.test_events or _produce(work / "test.h5", *size["test"])
     pres = [_preprocess(f, work / "pre" / f"train{i}") for i, f in enumerate(train_files)]
     test_pre = _preprocess(test_file, work / "pre" / "test")
     mm = work / "mm"

@@ -48,7 +48,8 @@ def _card(name: str, title: str, state: dict[str, Any], study: dict[str, Any], n
     cfg = SIZES["cpu"]
     last = state["task"]["summaries"][-1]
     weights = state["modules"]["model"]
-    n_par = sum(v.numel() for k, v in weights.items() if "running" not in k and "num_batches" not in k)
+    n_par = sum({v.data_ptr(): v.numel() for k, v in weights.items()
+                 if "running" not in k and "num_batches" not in k and "calibration" not in k}.values())
     lines = [
         f"# {name}: {title}", "",
         "## Data", "",
