@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=Path("build/hadron_study"))
     parser.add_argument("--n-train", type=int, default=4000)
     parser.add_argument("--n-ref-per-point", type=int, default=100)
-    parser.add_argument("--wgan-steps", type=int, default=300)
+    parser.add_argument("--wgan-steps", type=int, default=120)
     parser.add_argument("--regressor-steps", type=int, default=200)
     parser.add_argument("--bibae-steps", type=int, default=300)
     parser.add_argument("--pp-steps", type=int, default=150)
