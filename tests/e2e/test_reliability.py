@@ -191,6 +191,20 @@ def produce_to_directory(c: Ctx) -> list[str]:
     return ["belle2", "produce", "-n", "5", "-o", str(c.tmp / "adir")]
 
 
+def generate_to_directory(c: Ctx) -> list[str]:
+    """Refused before the checkpoint is even read (the 'checkpoint' here is not one)."""
+    (c.tmp / "adir").mkdir()
+    return ["showers", "generate", "--checkpoint", str(c.small_file), "--energy-gev", "10", "--n-per-point", "2",
+            "-o", str(c.tmp / "adir")]
+
+
+def generate_to_proc(c: Ctx) -> list[str]:
+    if not Path("/proc/self").exists():
+        pytest.skip("no /proc here")
+    return ["showers", "generate", "--checkpoint", str(c.small_file), "--energy-gev", "10", "--n-per-point", "2",
+            "-o", "/proc/x.h5"]
+
+
 def sim_to_fifo(c: Ctx) -> list[str]:
     os.mkfifo(c.tmp / "pipe.h5")  # like /dev/full: a special file must never be replaced
     return sim(c.tmp / "pipe.h5")
@@ -354,6 +368,8 @@ CASES: dict[str, Case] = {
     "simulate -o DIR": Case(sim_to_directory, 2, ("existing directory",)),
     "convert -o DIR": Case(convert_to_directory, 2, ("existing directory",)),
     "belle2 produce -o DIR": Case(produce_to_directory, 2, ("existing directory",)),
+    "generate -o DIR": Case(generate_to_directory, 2, ("existing directory",)),
+    "generate -o /proc/x.h5": Case(generate_to_proc, 2, ("/proc/x.h5",)),
     "simulate -o special file": Case(sim_to_fifo, 2, ("not a regular file",)),
     "disk fills up (ulimit -f)": Case(sim_disk_fills, 2, ("file too large", "fix:"), _no_litter, fsize_limit=20_000),
     "disk fills during the streamed output": Case(sim_output_fills, 2, ("file too large", "out.h5"), _resumable,

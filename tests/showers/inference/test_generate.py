@@ -62,19 +62,19 @@ def _cfg(tmp_path: Path, name: str, **kw: object) -> GenerateConfig:
 
 def test_checkpoint_and_onnx_give_the_same_showers(trained: tuple[Path, Path], tmp_path: Path) -> None:
     ckpt, onnx = trained
-    a = generate_to_file(_cfg(tmp_path, "a.h5", checkpoint=ckpt, batch_size=13), progress=False)
-    b = generate_to_file(_cfg(tmp_path, "b.h5", onnx=onnx, batch_size=1000), progress=False)
+    a = generate_to_file(_cfg(tmp_path, "a.h5", checkpoint=ckpt, batch_size=13), progress=False).load()
+    b = generate_to_file(_cfg(tmp_path, "b.h5", onnx=onnx, batch_size=1000), progress=False).load()
     assert a.showers.shape == (80, MESH.n_voxels)
     scale = a.energies[:, None]  # compare normalised showers: E * 1e-5 in MeV
     np.testing.assert_allclose(a.showers / scale, b.showers / scale, rtol=0, atol=1e-5)
-    c = generate_to_file(_cfg(tmp_path, "c.h5", checkpoint=ckpt, seed=12), progress=False)
+    c = generate_to_file(_cfg(tmp_path, "c.h5", checkpoint=ckpt, seed=12), progress=False).load()
     assert np.abs(a.showers - c.showers).max() > 1e-3 * a.showers.max()  # another seed, other showers
 
 
 def test_output_is_a_valid_native_file(trained: tuple[Path, Path], tmp_path: Path) -> None:
     ckpt, _ = trained
     cfg = _cfg(tmp_path, "out/gen.h5", checkpoint=ckpt, geometry_index=1)
-    generated = generate_to_file(cfg, progress=False)
+    generated = generate_to_file(cfg, progress=False).load()
     back = read_native(cfg.output)
     e, a = make_kinematics(energies_gev=[5.0, 50.0], angles_deg=[70.0, 90.0], n_per_point=20, seed=11)
     assert np.array_equal(back.energies, e) and np.array_equal(back.angles, a)

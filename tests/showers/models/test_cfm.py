@@ -99,8 +99,9 @@ def test_steps_is_an_option_of_generate_and_export(tmp_path: Path) -> None:
     kin = {"energies_gev": [10.0], "angles_deg": [90.0], "n_per_point": 4, "seed": 1}
     with pytest.raises(ConfigError, match="fixed at export"):
         generate_to_file(GenerateConfig(onnx=onnx, output=tmp_path / "x.h5", steps=4, **kin), progress=False)
-    a = generate_to_file(GenerateConfig(onnx=onnx, output=tmp_path / "a.h5", **kin), progress=False)
-    b = generate_to_file(GenerateConfig(checkpoint=ckpt, output=tmp_path / "b.h5", steps=3, **kin), progress=False)
+    a = generate_to_file(GenerateConfig(onnx=onnx, output=tmp_path / "a.h5", **kin), progress=False).load()
+    b = generate_to_file(GenerateConfig(checkpoint=ckpt, output=tmp_path / "b.h5", steps=3, **kin),
+                         progress=False).load()
     assert a.meta["solver_steps"] == b.meta["solver_steps"] == 3
     np.testing.assert_allclose(a.showers, b.showers, rtol=0, atol=1e-3 * max(1.0, float(b.showers.max())))
 

@@ -115,8 +115,8 @@ def test_export_generate_validate(name: str, trained: dict[str, Path], data_file
     if spec.geometry_kind == "mesh":
         kin["angles_deg"] = [80.0]
     from_ckpt = generate_to_file(GenerateConfig(checkpoint=trained[name], output=tmp_path / "a.h5", **kin),
-                                 progress=False)
-    from_onnx = generate_to_file(GenerateConfig(onnx=onnx, output=tmp_path / "b.h5", **kin), progress=False)
+                                 progress=False).load()
+    from_onnx = generate_to_file(GenerateConfig(onnx=onnx, output=tmp_path / "b.h5", **kin), progress=False).load()
     assert from_ckpt.showers.shape == from_onnx.showers.shape == (60, from_ckpt.mesh.n_voxels)
     assert np.isfinite(from_ckpt.showers).all() and (from_ckpt.showers >= 0).all()
     scale = max(1.0, float(from_ckpt.showers.max()))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from mlfastsim import __version__
 from mlfastsim.core.devices import select_device
 from mlfastsim.core.errors import ConfigError, InputFileError
 from mlfastsim.core.export import OnnxRunner, make_session
-from mlfastsim.core.io import ensure_writable_dir, require_file
+from mlfastsim.core.io import check_allocation, check_free_space, check_output_file, require_file
 from mlfastsim.core.progress import progress_bar
 from mlfastsim.showers.conditioning.em import ConditioningConfig, EMNormalisation
 from mlfastsim.showers.config import GenerateConfig
@@ -41,7 +42,7 @@ from mlfastsim.showers.inference.export import (
     load_generator_model,
     sidecar_path,
 )
-from mlfastsim.showers.io.native import ShowerData, write_native
+from mlfastsim.showers.io.native import StoredShowers, native_writer
 from mlfastsim.showers.models import MODELS, LoadedModel, ModelType, Normalisation
 from mlfastsim.showers.models.contract import conditioning_of
 from mlfastsim.showers.models.layout import VOXEL_ORDERS
@@ -291,6 +292,59 @@ def generate(
     z is drawn batch after batch from ``numpy.random.default_rng(seed)``: the same seed gives the same
     showers from a checkpoint and from its export, whatever the batch size.
     """
+    plan = _plan(model_or_session, energies_mev, angles_deg, geometry_index, normalisation, batch_size, mesh,
+                 voxel_order)
+    out = np.empty((plan.n, plan.n_voxels), dtype=np.float32)
+    for _ in _fill(plan, int(geometry_index), seed, progress, lambda sl: out[sl]):
+        pass
+    return out
+
+
+def iter_generate(
+    model_or_session: GeneratorSource,
+    energies_mev: np.ndarray,
+    angles_deg: np.ndarray | None,
+    geometry_index: int,
+    normalisation: Normalisation | ConditioningConfig | None = None,
+    *,
+    seed: int,
+    batch_size: int,
+    progress: bool = False,
+    mesh: CylindricalMesh | None = None,
+    voxel_order: str = "par04",
+) -> Iterator[np.ndarray]:
+    """:func:`generate` batch by batch: the same showers (same seed stream), one batch in memory at a time.
+
+    Each yielded block is a view of one reused buffer, valid until the next one is asked for (write or
+    copy it first): generating N showers into a file needs memory for ``batch_size`` rows, whatever N.
+    """
+    plan = _plan(model_or_session, energies_mev, angles_deg, geometry_index, normalisation, batch_size, mesh,
+                 voxel_order)
+    buf = np.empty((plan.rows, plan.n_voxels), dtype=np.float32)
+    # not a generator itself: a bad request fails here, at the call, before the caller opens its output
+    return _fill(plan, int(geometry_index), seed, progress, lambda sl: buf[: sl.stop - sl.start])
+
+
+@dataclass
+class _Plan:
+    backend: Any
+    width: int
+    n_voxels: int
+    norm: Normalisation
+    e: np.ndarray
+    a: np.ndarray | None
+    latent: int
+    rows: int
+
+    @property
+    def n(self) -> int:
+        return int(self.e.shape[0])
+
+
+def _plan(model_or_session: GeneratorSource, energies_mev: np.ndarray, angles_deg: np.ndarray | None,
+          geometry_index: int, normalisation: Normalisation | ConditioningConfig | None, batch_size: int,
+          mesh: CylindricalMesh | None, voxel_order: str) -> _Plan:
+    """Check a generation request (before anything large is allocated) and pick its backend."""
     if isinstance(normalisation, ConditioningConfig):
         normalisation = EMNormalisation(mesh, normalisation)
     backend, width, n_voxels, norm = _backend(model_or_session, normalisation, voxel_order)
@@ -308,36 +362,66 @@ def generate(
     norm.check_request(e, a, int(geometry_index))
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}", field="batch_size", fix="use e.g. 10000")
+    return _Plan(backend, width, n_voxels, norm, e, a, latent, min(batch_size, max(n, 1)))
+
+
+def _fill(plan: _Plan, geometry_index: int, seed: int, progress: bool,
+          target: Callable[[slice], np.ndarray]) -> Iterator[np.ndarray]:
+    """Run the batches in order, each into ``target(rows)``, and yield it (z from one numpy stream)."""
     rng = np.random.default_rng(seed)
-    out = np.empty((n, n_voxels), dtype=np.float32)
-    rows = min(batch_size, max(n, 1))
-    x = np.empty((rows, width), dtype=np.float32)
-    z = np.empty((rows, latent), dtype=np.float32)
+    rows, n, norm, e, a = plan.rows, plan.n, plan.norm, plan.e, plan.a
+    x = np.empty((rows, plan.width), dtype=np.float32)
+    z = np.empty((rows, plan.latent), dtype=np.float32)
     with progress_bar(n, "generating showers", enabled=progress) as bar:
         for start in range(0, n, rows):
             b = min(rows, n - start)
             sl = slice(start, start + b)
-            rng.standard_normal((b, latent), dtype=np.float32, out=z[:b])
-            conditions = norm.conditions(e[sl], None if a is None else a[sl], int(geometry_index))
+            rng.standard_normal((b, plan.latent), dtype=np.float32, out=z[:b])
+            conditions = norm.conditions(e[sl], None if a is None else a[sl], geometry_index)
             xb = generator_inputs(z[:b], conditions, out=x[:b])
-            backend(xb, norm.row_scale(e[sl]), out[sl])
-            norm.finish_(out[sl])
+            block = target(sl)
+            plan.backend(xb, norm.row_scale(e[sl]), block)
+            norm.finish_(block)
             bar.advance(b)
-    return out
+            yield block
 
 
-def generate_to_file(cfg: GenerateConfig, progress: bool = True) -> ShowerData:
+def warn_empty(showers: np.ndarray) -> int:
+    """Say so when generated showers hold no energy (an untrained or collapsed model, or a threshold above
+    every cell): they would otherwise go unnoticed until validate refuses them.  Returns how many."""
+    empty = int(np.count_nonzero(np.asarray(showers).sum(axis=1) <= 0))
+    if empty == len(showers) and empty:
+        logger.warning("every generated shower is empty (no cell above the readout threshold): the model is "
+                       "untrained or has collapsed; check its training loss, or generate from another checkpoint")
+    elif empty:
+        logger.warning("%d of %d generated showers are empty (no cell above the readout threshold)", empty,
+                       len(showers))
+    return empty
+
+
+def _expected_showers(cfg: GenerateConfig) -> int:
+    """How many showers ``cfg`` asks for, from the options alone (make_kinematics' rules: lists multiply,
+    ranges do not), so sizes are checked before anything is allocated."""
+    n_e = len(cfg.energies_gev) if cfg.energies_gev is not None else 1
+    n_a = (len(cfg.angles_deg) if cfg.angles_deg else 1) if cfg.angle_range_deg is None else 1
+    return int(cfg.n_per_point) * n_e * n_a
+
+
+def generate_to_file(cfg: GenerateConfig, progress: bool = True) -> StoredShowers:
     """Generate the configured kinematics from ``cfg.checkpoint`` or ``cfg.onnx`` and write ``cfg.output``.
 
     Kinematics come from :func:`mlfastsim.showers.sim.em.make_kinematics` with the same options as
     ``showers simulate`` (and its seed stream), so a generated file lines up with a simulated one made
     with the same energies, angles and seed.
+
+    ``-o`` is checked before any work (a directory, a device, /proc or a read-only disk is one line), and
+    the showers are streamed to the file batch by batch (:func:`iter_generate`), so memory does not grow
+    with N; the result describes the file, showers left on disk (``.load()`` reads them).
     """
-    energies, angles = make_kinematics(
-        energies_gev=cfg.energies_gev, energy_range_gev=cfg.energy_range_gev, angles_deg=cfg.angles_deg,
-        angle_range_deg=cfg.angle_range_deg, n_per_point=cfg.n_per_point, seed=cfg.seed,
-    )
-    ensure_writable_dir(Path(cfg.output).parent if str(Path(cfg.output).parent) else Path("."))
+    check_output_file(cfg.output)
+    n = _expected_showers(cfg)
+    check_allocation(n * 32, what=f"the kinematics of {n} showers", field="--n-per-point",
+                     fix="ask for fewer showers, or split the run over several outputs")
     source: GeneratorSource
     if cfg.checkpoint is not None:
         device = select_device(cfg.device)
@@ -360,8 +444,12 @@ def generate_to_file(cfg: GenerateConfig, progress: bool = True) -> ShowerData:
         origin = {"source_model": str(cfg.onnx), "source_format": "onnx",
                   "source_checkpoint": onnx.sidecar.get("source_checkpoint")}
     batch_size = min(cfg.batch_size, spec.max_batch_size or cfg.batch_size)
-    showers = generate(source, energies, angles, cfg.geometry_index, seed=cfg.seed, batch_size=batch_size,
-                       progress=progress)
+    check_free_space(cfg.output, n * norm.geometry.n_voxels * 4,
+                     what=f"{n} showers of {norm.geometry.n_voxels} cells (uncompressed)")
+    energies, angles = make_kinematics(
+        energies_gev=cfg.energies_gev, energy_range_gev=cfg.energy_range_gev, angles_deg=cfg.angles_deg,
+        angle_range_deg=cfg.angle_range_deg, n_per_point=cfg.n_per_point, seed=cfg.seed,
+    )
     meta = {
         **origin,
         "model_type": spec.name,
@@ -374,6 +462,11 @@ def generate_to_file(cfg: GenerateConfig, progress: bool = True) -> ShowerData:
         **norm.output_meta(),
         "generator": f"mlfastsim {__version__}",
     }
-    data = ShowerData(energies=energies, showers=showers, mesh=norm.geometry, angles=angles, meta=meta)
-    write_native(data, cfg.output)
-    return data
+    blocks = iter_generate(source, energies, angles, cfg.geometry_index, seed=cfg.seed, batch_size=batch_size,
+                           progress=progress)
+    with native_writer(cfg.output, mesh=norm.geometry, energies=energies, angles=angles, meta=meta) as writer:
+        for block in blocks:
+            writer.append(block)
+    warn_empty(writer.totals[:, None])  # the per-shower totals, as one column
+    return StoredShowers(path=Path(cfg.output), energies=energies, mesh=norm.geometry, angles=angles, meta=meta,
+                         totals=writer.totals)
