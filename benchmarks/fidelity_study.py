@@ -19,7 +19,7 @@ over the pre-training checkpoints of a cfm run directory.
 
     OMP_NUM_THREADS=1 python benchmarks/fidelity_study.py --cfm runs/cfm_cpu/checkpoints/step_N.pt \\
         [--n-ref 4000] [--adapt-steps 400] [--batch 64] [--steps 1,2,4,8,16,32] [--timing-batches 1,100,10000] \\
-        [--curve runs/cfm_cpu/checkpoints] [--work runs/fidelity_study] [--no-classifier]
+        [--curve runs/cfm_cpu/checkpoints] [--work runs/fidelity_study] [--no-classifier] [--sweep-classifier]
 
 Timings on a shared machine are upper bounds; the script says how many threads it used.
 """
@@ -158,6 +158,9 @@ def main() -> None:
     parser.add_argument("--timing-batches", default="1,100,10000")
     parser.add_argument("--curve", type=Path, default=None, help="a cfm checkpoints directory: budget -> quality")
     parser.add_argument("--no-classifier", action="store_true")
+    parser.add_argument("--sweep-classifier", action="store_true", help="AUCs in the solver-step sweep too (slow)")
+    parser.add_argument("--sweep-n", type=int, default=None,
+                        help="reference showers in the step sweep and the curve (default: --n-ref)")
     parser.add_argument("--skip-scratch", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -201,16 +204,18 @@ def main() -> None:
             row(f"{fam} from scratch, FCCeeSiW", fcc_ref, candidate(load_model(ckpt), fcc_ref, 0, args.seed),
                 train_s=round(secs, 1))
     cfm = models["cfm"]
+    sweep_ref = siw_ref.subset(slice(0, args.sweep_n)) if args.sweep_n else siw_ref
+    results["sweep_n"] = len(sweep_ref)
     for steps in [int(s) for s in args.steps.split(",")]:
-        r = score(siw_ref, candidate(cfm, siw_ref, 0, args.seed, steps), work / "val" / f"sweep_{steps}",
-                  classifier=clf, seed=args.seed)
+        r = score(sweep_ref, candidate(cfm, sweep_ref, 0, args.seed, steps), work / "val" / f"sweep_{steps}",
+                  classifier=clf and args.sweep_classifier, seed=args.seed)
         results["sweep"][steps] = {**r, "ms_b100": round(ms_per_shower(cfm, 100, steps=steps), 3)}
         print("steps", steps, json.dumps(results["sweep"][steps]), flush=True)
         (work / "fidelity_study.json").write_text(json.dumps(results, indent=1))
     if args.curve is not None:
         for step, path in list_checkpoints(args.curve):
-            r = score(siw_ref, candidate(load_model(path), siw_ref, 0, args.seed), work / "val" / f"curve_{step}",
-                      classifier=clf, seed=args.seed)
+            r = score(sweep_ref, candidate(load_model(path), sweep_ref, 0, args.seed), work / "val" / f"curve_{step}",
+                      classifier=clf and args.sweep_classifier, seed=args.seed)
             results["curve"][step] = r
             print("curve", step, json.dumps(r), flush=True)
             (work / "fidelity_study.json").write_text(json.dumps(results, indent=1))
@@ -225,13 +230,14 @@ def main() -> None:
     for name, r in results["rows"].items():
         print(f"| {name} | " + " | ".join(fmt(r.get(k), ".4g") for k in cols)
               + f" | {fmt(r.get('train_s'), '.0f')} | " + " | ".join(fmt(r.get(f"ms_b{b}"), ".3g") for b in tb) + " |")
-    print("\ncfm solver steps (pre-trained, SiW)")
+    print(f"\ncfm solver steps (pre-trained, SiW, {results['sweep_n']} vs {results['sweep_n']} showers)")
     print("| steps | AUC low | AUC high | FPD | KPD | mean SP | n_hits SP | E_tot/E_inc SP | ms/shower b100 |")
     print("|---|" + "---|" * (len(cols) + 1))
     for steps, r in results["sweep"].items():
         print(f"| {steps} | " + " | ".join(fmt(r.get(k), ".4g") for k in cols) + f" | {r['ms_b100']:.3g} |")
     if results["curve"]:
-        print("\ncfm pre-training budget -> quality (SiW)")
+        print(f"\ncfm pre-training budget -> quality (SiW, {results['sweep_n']} vs {results['sweep_n']} showers, "
+              f"{cfm.config.steps} solver steps)")
         print("| step | AUC low | AUC high | FPD | KPD | mean SP | n_hits SP | E_tot/E_inc SP |")
         print("|---|" + "---|" * len(cols))
         for step, r in results["curve"].items():
