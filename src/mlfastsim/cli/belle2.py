@@ -218,4 +218,11 @@ def evaluate(
                   f"{m['projected']['speedup_at_retention']:.2f} projected onto "
                   f"{m['projected']['sim_reco_s_per_event']:g} s/event sim+reco; worst chi2/ndf threshold {chi_t:.2f}, "
                   f"weighted {chi_w:.2f}")
+    a = m.get("as_applied")
+    if a:
+        console.print(f"as applied ({a['mode']}): kept {a['kept_fraction']:.1%} of events and "
+                      f"{a['passing_kept_fraction']:.1%} of passing ones, speed-up {a['speedup_measured']:.3f} "
+                      f"measured, {a['speedup_projected']:.2f} projected"
+                      + ("; scores squashed towards 0: the filter is over-confident (overfit)"
+                         if a["scores_squashed"] else ""))
     console.print(m["verdict"])

@@ -22,8 +22,8 @@ SetOpt = Annotated[
 WorkersOpt = Annotated[int | None, typer.Option(help="Local Dask workers (processes).", show_default=False)]
 SchedulerOpt = Annotated[
     str | None,
-    typer.Option(help="Address of an existing Dask scheduler (tcp://host:8786): dask-jobqueue, dask-kubernetes...",
-                 show_default=False),
+    typer.Option(help="An existing Dask scheduler: its address (tcp://host:8786) or the JSON file it wrote with "
+                      "--scheduler-file (dask-jobqueue, dask-kubernetes...).", show_default=False),
 ]
 
 

@@ -81,7 +81,7 @@ def _metahep_table(results: dict[str, dict[str, Any]]) -> Table:
     table.add_column("metric")
     for name in names:
         table.add_column(name, justify="right")
-    table.add_row("training wall time [s]", *(f"{results[n]['train_s']:.1f}" for n in names))
+    table.add_row("training time (s, wall clock)", *(f"{results[n]['train_s']:.1f}" for n in names))
     table.add_row("showers of the new detector used", *(str(results[n]["n_showers"]) for n in names))
     table.add_row("generated with", *(results[n]["generator"] for n in names))
     main = _main_observables()

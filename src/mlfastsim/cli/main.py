@@ -75,5 +75,8 @@ def main(argv: list[str] | None = None) -> None:
         typer.secho(f"error: {exc.one_line()}", err=True, fg=typer.colors.RED)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        typer.secho("interrupted", err=True)
+        # Outputs are written atomically, so nothing half-done is left; say how to pick up from here.
+        typer.secho("interrupted: no output was published; rerun the same command to continue (data jobs "
+                    "resume from their finished chunks, training runs with --resume from the last checkpoint)",
+                    err=True)
         sys.exit(130)

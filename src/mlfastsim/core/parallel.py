@@ -73,6 +73,23 @@ class ParallelConfig(StrictModel):
     scheduler: str | None = None
 
 
+def _is_scheduler_file(scheduler: str) -> bool:
+    """``--scheduler sched.json``: the file ``dask scheduler --scheduler-file`` writes, not an address."""
+    return "://" not in scheduler and scheduler.endswith(".json")
+
+
+def _wait_for_file(path: str) -> Path:
+    """A scheduler started a moment ago writes its file when it is up: wait for it a little."""
+    import time
+
+    deadline = time.monotonic() + CONNECT_TIMEOUT_S
+    while not Path(path).is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no scheduler file {path} after {CONNECT_TIMEOUT_S} s")
+        time.sleep(0.2)
+    return Path(path)
+
+
 @contextlib.contextmanager
 def dask_client(workers: int = 1, scheduler: str | None = None) -> Iterator[Any]:
     """Yield a ``distributed.Client``: to ``scheduler`` if given, else to a fresh LocalCluster."""
@@ -80,12 +97,16 @@ def dask_client(workers: int = 1, scheduler: str | None = None) -> Iterator[Any]
 
     if scheduler:
         try:
-            client = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")
+            if _is_scheduler_file(scheduler):
+                client = Client(scheduler_file=str(_wait_for_file(scheduler)), timeout=f"{CONNECT_TIMEOUT_S}s")
+            else:
+                client = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")
         except (OSError, TimeoutError) as exc:
             raise ConfigError(
                 f"cannot connect to Dask scheduler {scheduler!r} ({exc})",
                 field="--scheduler",
-                fix="check the address (tcp://host:8786) and that the scheduler is running",
+                fix="check the address (tcp://host:8786, or the --scheduler-file the scheduler wrote) and that "
+                    "the scheduler is running",
             ) from exc
         try:
             yield client

@@ -165,6 +165,7 @@ def plot_summary(rows: list[dict[str, float]], curve: dict[str, np.ndarray] | No
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     n_panels = 3 if charge is not None else 2
     fig, axes = plt.subplots(1, n_panels, figsize=(5 * n_panels, 4))
@@ -174,6 +175,7 @@ def plot_summary(rows: list[dict[str, float]], curve: dict[str, np.ndarray] | No
         ax.plot(ep, [r.get(key, np.nan) for r in rows], style, label=key)
     ax.axhline(0.0, color="grey", ls=":", label="keep-all rejection")
     ax.set(xlabel="epoch", ylabel="fraction", ylim=(-0.02, 1.02), title="deghosting per epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.25, 1.75 ticks
     ax.legend(fontsize=8)
     ax = axes[1]
     if curve is not None and len(curve["efficiency"]):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from mlfastsim.core.config import dump_config
 from mlfastsim.core.io import atomic_write_text, check_output_file, ensure_writable_dir
@@ -42,9 +43,12 @@ def resolve_mesh(mesh: str | None, binning: Path | None) -> CylindricalMesh | No
 
 
 def _recorded_config(cfg: SimulateConfig) -> str:
-    """The config stored in the file, without the parallel settings: they cannot change a single byte of
-    the showers (per-chunk seeds), so files made with 1 or 64 workers are identical."""
-    return dump_config(cfg.model_copy(update={"parallel": ParallelConfig()}))
+    """The config stored in the file, without the parallel settings and the output path: neither changes
+    a single byte of the showers (per-chunk seeds), so files made with 1 or 64 workers, or written to
+    ``-o a.h5`` and ``-o runs/b.h5``, are byte for byte identical."""
+    recorded = cfg.model_dump(mode="json", exclude={"output"})
+    recorded["parallel"] = ParallelConfig().model_dump(mode="json")
+    return yaml.safe_dump(recorded, sort_keys=False)
 
 
 def expected_showers(cfg: SimulateConfig) -> int:

@@ -172,7 +172,8 @@ def _check_energies(e: np.ndarray, field: str) -> None:
 def _check_angles(a: np.ndarray, field: str) -> None:
     if np.any(a <= 0) or np.any(a > 90):
         raise ConfigError(
-            f"incidence angles must be in (0, 90] degrees (90 = normal incidence), got {a.min()}..{a.max()}",
+            "incidence angles must be in (0, 90] degrees (90 = normal incidence), got "
+            + (f"{a.min():g}" if a.min() == a.max() else f"{a.min():g}..{a.max():g}"),
             field=field,
             fix="give angles between the particle direction and the front face, 0 < angle <= 90",
         )
