@@ -1,6 +1,6 @@
 """Belle II study: a filter that generalises, what it saves, and pre-training for rare skims.
 
-    OMP_NUM_THREADS=1 python benchmarks/belle2_study.py --size cpu --work runs/belle2_study      # ~25 min
+    OMP_NUM_THREADS=1 python benchmarks/belle2_study.py --size cpu --work runs/belle2_study      # ~40 min
     OMP_NUM_THREADS=1 python benchmarks/belle2_study.py --size tiny --work /tmp/belle2_tiny      # smoke run
     ... --train-events a.h5 b.h5 --test-events t.h5      # reuse produced files (same events and seeds)
 
@@ -41,7 +41,8 @@ GNN = {"embedding_dim": 8, "hidden": 32, "heads": 2, "layers": 2, "head_units": 
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"train": [(1500, 1)], "test": (1000, 2), "max_steps": 60, "eval_every": 20, "patience": 2,
              "batch": 64, "models": ["resnet"], "finetune_steps": 40},
-    # ~25 min wall on a shared 2-core machine (training only; producing 60k events costs ~3 min more of CPU)
+    # measured: 37 min wall (12 min of CPU) on a busy shared 2-core machine, training and evaluation only;
+    # producing the 60k events costs ~3 min more of CPU
     "cpu": {"train": [(20000, 1), (30000, 3)], "test": (10000, 2), "max_steps": 6000, "eval_every": 250,
             "patience": 4, "batch": 128, "models": ["resnet", "gnn"], "finetune_steps": 1500},
     # a GPU: ten times the events, full-size networks (configs/belle2/*.yaml comments)

@@ -5,8 +5,8 @@
     python benchmarks/lartpc_study.py --size full --gpu 0 --work runs/lartpc_full              # one GPU
 
 One simulated sample (``lartpc simulate`` + ``make-batches``, TPC 5, downsampling 4,2,2, wire + shared
-features), a fixed held-out set, and the deghosting net trained on 1/8, 1/4, 1/2 and all of the training
-events; every run writes one summary row per epoch, so the events x epochs grid comes from len(events)
+features), a fixed held-out set, and the deghosting net trained on growing numbers of events (cpu: 250,
+500, 1000); every run writes one summary row per epoch, so the events x epochs grid comes from len(events)
 runs.  Per cell: ghost rejection at 95 % real-voxel efficiency, AUC, and training throughput (events/s).
 Then the charge net (log-charge on real voxels + its own deghosting logit), started from the largest
 ghost net's backbone: charge bias and resolution overall, per bin of true charge and per wire plane.

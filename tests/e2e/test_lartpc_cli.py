@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -168,3 +169,24 @@ def test_bad_training_configs(cli, xy: Path) -> None:
     assert_clean_error(cli("lartpc", "train", "charge.yaml"), "runs/ghost", "transfer.checkpoint")
     Path("inf.yaml").write_text(INFER.replace("runs/ghost", "runs/none.pt"))
     assert_clean_error(cli("lartpc", "train", "inf.yaml"), "runs/none.pt", "does not exist")
+
+
+def test_shipped_nets_run_with_no_training(cli, xy: Path) -> None:
+    """configs/lartpc/ghost_inf.yaml's `pretrained:` checkpoints apply to fresh xy files of their kind."""
+    res = cli("lartpc", "make-batches", "-i", "parsed", "-o", "both", "-t", "1", "-b", "4", "--downsample", "4,2,2",
+              "--x-type", "both")
+    assert res.code == 0, res.err
+    for name in ("lartpc_ghost", "lartpc_charge"):
+        Path("inf.yaml").write_text(f"output_dir: runs/{name}\ncheckpoint: pretrained:{name}\n"
+                                    "data: {data_path: [both], inference_i: [0, 6], downsample: [4, 2, 2]}\n")
+        res = cli("lartpc", "train", "inf.yaml")
+        assert res.code == 0, res.err
+        summary = json.loads(Path(f"runs/{name}/inference_summary.json").read_text())
+        assert 0.5 < summary["auc"] <= 1.0
+    # the shipped net was trained on wire + shared features: wire-only files are one clear line
+    Path("inf.yaml").write_text("output_dir: runs/bad\ncheckpoint: pretrained:lartpc_ghost\n"
+                                "data: {data_path: [xy], inference_i: [0, 6], downsample: [2, 1, 1]}\n")
+    assert_clean_error(cli("lartpc", "train", "inf.yaml"), "downsampling", "data.downsample")
+    Path("inf.yaml").write_text("output_dir: runs/bad\ncheckpoint: pretrained:no_such_net\n"
+                                "data: {data_path: [both], inference_i: [0, 6], downsample: [4, 2, 2]}\n")
+    assert_clean_error(cli("lartpc", "train", "inf.yaml"), "no_such_net", "pretrained:lartpc_ghost")

@@ -155,3 +155,24 @@ def test_charge_metrics_per_bin_and_per_plane() -> None:
     for p in range(3):
         assert per_plane[f"charge_bias_plane{p}"] == pytest.approx(0.2)
         assert per_plane[f"charge_resolution_plane{p}"] == pytest.approx(0.0)
+
+
+def test_charge_calibration_sets_the_median_ratio_of_training_voxels_to_one(xy_dir: Path, tmp_path: Path) -> None:
+    from mlfastsim.lartpc.data import load_events
+    from mlfastsim.lartpc.models import build_model
+    from mlfastsim.lartpc.train import calibrate, predict
+
+    cfg = train_config(xy_dir, tmp_path / "c", model={"type": "charge"}, loss={"name": "huber"},
+                       metric="charge_resolution")
+    events = load_events(cfg.data, cfg.model.spatial_size, need_truth=True).select(0, 4, "train_i")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, events.n_features)
+    first = calibrate(model, events, cfg)
+    assert first != 1.0
+    pred = predict(model, events, cfg, "charge")
+    q = events.charge.numpy()
+    real = q > 0
+    assert abs(np.median(pred.pred_charge[real] / q[real]) - 1.0) < 1e-2
+    assert calibrate(model, events, cfg) == pytest.approx(first, rel=1e-4)  # idempotent
+    res = run(cfg, progress=False)
+    assert res.summaries[-1]["charge_calibration"] > 0

@@ -127,6 +127,10 @@ class ChargeSparseCellNet(nn.Module):
             layers += [nn.Linear(c, c), nn.ReLU()]
         layers.append(nn.Linear(c, 2))
         self.head = nn.Sequential(*layers)
+        # log of a charge-scale calibration, set after each epoch on training events so that the median
+        # of predicted / true charge of real voxels is 1 (see mlfastsim.lartpc.train.calibrate); a buffer,
+        # so checkpoints, resume and inference carry it
+        self.register_buffer("log_calibration", torch.zeros(()))
         self.freeze_backbone = cfg.freeze_backbone
         if self.freeze_backbone:
             for p in self.backbone.parameters():
@@ -141,7 +145,8 @@ class ChargeSparseCellNet(nn.Module):
 
     def forward(self, x: SparseTensor) -> torch.Tensor:
         """``(N, 2)``: column 0 the real-voxel logit, column 1 the predicted ``log(charge / scale)``."""
-        return self.head(self.backbone(x).feats)
+        out = self.head(self.backbone(x).feats)
+        return torch.cat([out[:, :1], out[:, 1:] + self.log_calibration], dim=1)
 
     @staticmethod
     def score(output: torch.Tensor) -> torch.Tensor:

@@ -419,6 +419,8 @@ def train(cfg: LArTPCTrainConfig, *, resume: bool | int = False, progress: bool 
                           device=device, progress=progress, description=f"lartpc train ({cfg.model.type})")
         if inf_set is not None:
             trainer.add_hook(bpe, epoch_hook(task, inf_set, loss_fn, outdir, tracker, bpe))
+        elif cfg.model.type == "charge":
+            trainer.add_hook(bpe, lambda _t, _s: calibrate(task.model, train_set, cfg) and None)
         start: bool | Path = False
         if resume is True:
             start = True
@@ -439,6 +441,29 @@ def train(cfg: LArTPCTrainConfig, *, resume: bool | int = False, progress: bool 
                         result.seconds, transferred)
 
 
+#: training events the charge calibration is measured on (the first ones: a fixed, deterministic set)
+CALIBRATION_EVENTS = 200
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, events: EventSet, cfg: LArTPCTrainConfig) -> float:
+    """Shift a charge net's log-charge so the median predicted / true charge of real *training* voxels is 1.
+
+    Why: the regression in log space is median-unbiased only as far as training has converged; a constant
+    left over (a few per cent) is a calibration, measured like one on training events (never the held-out
+    ones the metrics use) and carried in the checkpoint.  Returns the new multiplicative calibration.
+    """
+    sub = events.select(0, min(CALIBRATION_EVENTS, events.n_events), "train_i")
+    pred = predict(model, sub, cfg, "charge")
+    assert sub.charge is not None and pred.pred_charge is not None
+    q = sub.charge.cpu().numpy()
+    real = q > cfg.data.threshold
+    if real.any():
+        shift = float(np.median(np.log(q[real]) - np.log(np.maximum(pred.pred_charge[real], 1e-30))))
+        model.log_calibration += shift  # type: ignore[operator]
+    return float(torch.exp(model.log_calibration))  # type: ignore[arg-type]
+
+
 def epoch_hook(task: LArTPCTask, events: EventSet, loss_fn: LossFn, outdir: Path, tracker: Tracker | None,
                bpe: int) -> Callable[[Trainer, int], None]:
     """Per epoch: inference on held-out events -> summary row, CSV, tracker, plot, stored predictions."""
@@ -446,8 +471,10 @@ def epoch_hook(task: LArTPCTask, events: EventSet, loss_fn: LossFn, outdir: Path
 
     def hook(trainer: Trainer, step: int) -> None:
         epoch = step // bpe
-        pred = predict(task.model, events, cfg, cfg.model.type, loss_fn)
         row: dict[str, float] = {"epoch": float(epoch), "step": float(step)}
+        if cfg.model.type == "charge":
+            row["charge_calibration"] = calibrate(task.model, task.train, cfg)
+        pred = predict(task.model, events, cfg, cfg.model.type, loss_fn)
         if trainer.history:
             row["train_loss"] = trainer.history[-1].get("train/loss", float("nan"))
         row.update(_summary(pred, events, cfg))
