@@ -278,6 +278,18 @@ def _no_xy(c: Ctx) -> None:
     assert not list((c.tmp / "xy").glob("*")), list((c.tmp / "xy").glob("*"))
 
 
+def validate_disk_fills(c: Ctx) -> list[str]:
+    """Small figures fit under the limit, the 3D one (~0.5 MB) does not: none may be left without metrics."""
+    return ["showers", "validate", "--reference", str(c.small_file), "--candidate", str(c.small_file), "-o",
+            str(c.tmp / "v"), "--no-classifier"]
+
+
+def _no_figures(c: Ctx) -> None:
+    left = [p.name for p in c.tmp.rglob("*")
+            if p.suffix == ".png" or p.name in ("metrics.json", "report.html") or ".staging." in p.name]
+    assert left == [], left
+
+
 def convert_zero_showers(c: Ctx) -> list[str]:
     empty = c.tmp / "empty.h5"
     with h5py.File(empty, "w") as f:
@@ -381,6 +393,8 @@ CASES: dict[str, Case] = {
                                                fsize_limit=8_000),
     "lartpc simulate: disk fills up": Case(lartpc_simulate_disk_fills, 2, ("file too large",), _no_parsed,
                                            fsize_limit=8_000),
+    "validate: disk fills up (no PNGs without metrics.json)": Case(validate_disk_fills, 2, ("file too large",),
+                                                                  _no_figures, fsize_limit=200_000),
     "convert of a 0-shower file": Case(convert_zero_showers, 2, ("no showers",), _no_cc),
     "impossible detector material": Case(impossible_material, 2, ("must be a finite number > 0",), _nothing_written),
     "NaN detector thickness": Case(nan_thickness, 2, ("thicknesses must be finite",), _nothing_written),

@@ -475,6 +475,45 @@ def guarded_h5(path: str | Path, **kwargs: Any) -> Iterator[tuple[h5py.File, Gua
         guard.close()
 
 
+_STAGING_PREFIX = ".staging."
+
+
+def _remove_stale_staging(directory: Path) -> None:
+    """Staging folders (:func:`staged_dir`) of writers on this host that died (kill -9)."""
+    for entry in directory.glob(f"{_STAGING_PREFIX}*.tmp"):
+        m = _TMP_OWNER.search(entry.name)
+        if (m and m.group(1) == _host_tag() and int(m.group(2)) != os.getpid() and not _pid_alive(int(m.group(2)))
+                and entry.is_dir() and not entry.is_symlink()):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_dir(directory: str | Path, *, what: str = "output", last: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield an empty staging folder inside ``directory``; on success move its files into ``directory``
+    (the names in ``last`` after all others), on any failure remove it.
+
+    For a command that writes a set of files (figures, a report, metrics.json): a full disk, a Ctrl-C
+    or a bug half-way leaves ``directory`` as it was, never some of a new run's files without the rest.
+    Renames within one folder need no space, so the move itself cannot run out of disk.
+    """
+    final = ensure_writable_dir(directory, what=what)
+    _remove_stale_staging(final)
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, suffix=_tmp_suffix(), dir=final))
+    except OSError as exc:
+        raise (output_error(exc, final, what=what) or OutputError(
+            f"cannot write {what} ({exc.strerror})", file=final, fix="choose a directory you can write to")) from exc
+    try:
+        with watch_interrupts(), translate_fs_errors(final, what=what):
+            yield stage
+            check_interrupt()  # a Ctrl-C swallowed while the block ran: publish nothing
+            names = sorted(p.name for p in stage.iterdir() if p.name not in last)
+            for name in [*names, *(n for n in last if (stage / n).exists())]:
+                os.replace(stage / name, final / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def atomic_write_bytes(destination: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``destination`` atomically."""
     with atomic_path(destination) as tmp:

@@ -12,6 +12,7 @@ never left empty.  :func:`summary_table` turns the returned metrics into the tab
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -24,7 +25,7 @@ import numpy as np
 from rich.table import Table
 
 from mlfastsim.core.errors import ConfigError, DataError
-from mlfastsim.core.io import atomic_write_json, ensure_writable_dir
+from mlfastsim.core.io import atomic_write_json, ensure_writable_dir, staged_dir
 from mlfastsim.core.progress import progress_bar
 from mlfastsim.core.tracking import Tracker
 from mlfastsim.showers.io.formats import ShowerData, same_mesh
@@ -326,6 +327,42 @@ CLASSIFIER_RECIPES = ("fast", "calochallenge")
 BINNING_MODES = ("adaptive", "calochallenge")
 
 
+class _DeferredArtifacts:
+    """A tracker whose artifacts are logged once they sit in their final folder (see :func:`_staged`)."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self._tracker = tracker
+        self._artifacts: list[tuple[str, str | None]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tracker, name)
+
+    def log_artifact(self, path: str | Path, subdir: str | None = None) -> None:
+        self._artifacts.append((Path(path).name, subdir))
+
+    def flush(self, directory: Path) -> None:
+        for name, subdir in self._artifacts:
+            self._tracker.log_artifact(directory / name, subdir=subdir)
+
+
+def _staged(fn: Any) -> Any:
+    """Build the output in a staging folder inside ``outdir``, move the files in once all are written
+    (metrics.json last): a full disk or a crash never leaves figures without their metrics.json."""
+
+    @functools.wraps(fn)
+    def wrapper(reference: ShowerData, candidate: ShowerData, outdir: str | Path, *,
+                tracker: Tracker | None = None, **kwargs: Any) -> dict[str, Any]:
+        deferred = None if tracker is None else _DeferredArtifacts(tracker)
+        with staged_dir(outdir, what="validation output", last=("metrics.json",)) as stage:
+            metrics = fn(reference, candidate, stage, tracker=deferred, **kwargs)
+        if deferred is not None:
+            deferred.flush(Path(outdir))
+        return metrics
+
+    return wrapper
+
+
+@_staged
 def run_validation(
     reference: ShowerData,
     candidate: ShowerData,
