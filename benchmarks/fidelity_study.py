@@ -157,6 +157,7 @@ def main() -> None:
     parser.add_argument("--steps", default="1,2,4,8,16,32", help="cfm solver steps swept on the SiW row")
     parser.add_argument("--timing-batches", default="1,100,10000")
     parser.add_argument("--curve", type=Path, default=None, help="a cfm checkpoints directory: budget -> quality")
+    parser.add_argument("--curve-every", type=int, default=1, help="use every k-th checkpoint of --curve")
     parser.add_argument("--no-classifier", action="store_true")
     parser.add_argument("--sweep-classifier", action="store_true", help="AUCs in the solver-step sweep too (slow)")
     parser.add_argument("--sweep-n", type=int, default=None,
@@ -213,7 +214,7 @@ def main() -> None:
         print("steps", steps, json.dumps(results["sweep"][steps]), flush=True)
         (work / "fidelity_study.json").write_text(json.dumps(results, indent=1))
     if args.curve is not None:
-        for step, path in list_checkpoints(args.curve):
+        for step, path in list_checkpoints(args.curve)[args.curve_every - 1::args.curve_every]:
             r = score(sweep_ref, candidate(load_model(path), sweep_ref, 0, args.seed), work / "val" / f"curve_{step}",
                       classifier=clf and args.sweep_classifier, seed=args.seed)
             results["curve"][step] = r
