@@ -227,7 +227,7 @@ def test_pretrained_path_verifies_sha256(tmp_path: Path) -> None:
     (tmp_path / "index.json").write_text(json.dumps(index))
     assert pretrained_path("m", directory=tmp_path) == model
     assert [e["name"] for e in list_pretrained(directory=tmp_path)] == ["m"]
-    with pytest.raises(ConfigError, match="no pre-trained model named"):
+    with pytest.raises(ConfigError, match="no shipped model named"):
         pretrained_path("other", directory=tmp_path)
     model.write_bytes(b"weights" * 99 + b"WEIGHTS")
     with pytest.raises(InputFileError, match="corrupt"):
