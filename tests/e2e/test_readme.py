@@ -62,10 +62,10 @@ def test_readme_blocks_are_found() -> None:
 
 
 def _fresh_checkout(root: Path) -> Path:
-    """What a fresh clone puts in front of a user: the configs, the Makefile (the code is installed)."""
+    """What a fresh clone puts in front of a user: configs, scripts, the Makefile (the code is installed)."""
     work = root / "checkout"
     work.mkdir()
-    for name in ("configs", "deploy"):
+    for name in ("configs", "deploy", "benchmarks", "scripts"):
         shutil.copytree(REPO / name, work / name)
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy2(REPO / name, work / name)  # mtimes kept: the venv's install stamp stays newer

@@ -6,6 +6,7 @@ Errors a user can cause (:class:`MlfastsimError`) are printed as one line on std
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
@@ -33,6 +34,10 @@ def _flags_without_type() -> None:
 
 
 _flags_without_type()
+# Warnings of the workflows (extrapolated energies, empty generated showers, quick mode) reach the user
+# through logging's last-resort handler, which prints the bare message: say what it is.
+if logging.lastResort is not None:
+    logging.lastResort.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
 
 app = typer.Typer(
     name="mlfastsim",
