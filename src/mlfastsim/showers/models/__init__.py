@@ -68,6 +68,25 @@ def _describe(types: str | tuple[str, ...]) -> str:
     return repr(types) if isinstance(types, str) else " or ".join(map(repr, types))
 
 
+def _check_model_size(spec: ModelType, cfg: Any, norm: Normalisation, path: Path) -> None:
+    """Refuse a model whose weights cannot fit in memory before a byte of them is allocated.
+
+    The sizes a checkpoint declares (its mesh, its layer widths) are those of an untrusted file: a
+    damaged or forged ``n_r: 1000000`` would otherwise allocate hundreds of GB.  The modules are built
+    on torch's meta device (shapes only, no memory) and their parameters and buffers counted.
+    """
+    from mlfastsim.core.io import check_allocation
+
+    try:
+        with torch.device("meta"):
+            modules = spec.build_modules(cfg, norm, seed=0)
+    except Exception:  # a model that cannot be built without data: the real build reports its own error
+        return
+    nbytes = sum(t.numel() * t.element_size() for m in modules.values() for t in (*m.parameters(), *m.buffers()))
+    check_allocation(nbytes, what=f"the {spec.name} model for mesh {norm.geometry.describe()}", file=path,
+                     field="mesh", fix="pass an unmodified checkpoint (its mesh or layer sizes are not realistic)")
+
+
 def load_model(path: str | Path, *, expect_type: str | tuple[str, ...] | None = None,
                expect_mesh: Mesh | None = None, command: str | None = None,
                map_location: str | torch.device = "cpu") -> LoadedModel:
@@ -105,6 +124,7 @@ def load_model(path: str | Path, *, expect_type: str | tuple[str, ...] | None = 
             f"checkpoint was trained on mesh {norm.geometry.describe()}, the data uses {expect_mesh.describe()}",
             file=p, field="mesh", fix="adapt a model trained on the same mesh, or re-score the data",
         )
+    _check_model_size(spec, cfg, norm, p)
     modules = spec.build_modules(cfg, norm, seed=0)
     saved: dict[str, Any] = state["modules"]
     for name, module in modules.items():
