@@ -459,6 +459,23 @@ def _new_run_name(study_dir: Path) -> str:
     return name
 
 
+def _check_enough_showers(model: nn.Module, files: Sequence[str | Path], n: int, n_train: int,
+                          cfg: AdaptConfig) -> None:
+    """One line, naming the data, when the training split cannot fill one batch the model can train on:
+    batch norm needs two showers or more per batch (one gives a BatchNorm traceback), anything needs one."""
+    batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    need = 2 if batch_norm else 1
+    if batch_norm and cfg.batch_size < 2:
+        raise ConfigError(f"batch_size {cfg.batch_size} is too small for the model's batch norm", field="batch_size",
+                          fix="use --set batch_size=2 or more (the default is fine)")
+    if n_train < need:
+        why = " (the model's batch norm needs 2 per batch)" if batch_norm else ""
+        raise DataError(
+            f"{n} shower(s) leave {n_train} for training after the {cfg.data.val_fraction:g} validation split, "
+            f"adaptation needs at least {need}{why}", file=", ".join(map(str, files)), field="showers",
+            fix="adapt on a few dozen showers or more of the new geometry (--data FILE.h5)")
+
+
 def adapt(cfg: AdaptConfig, *, progress: bool = True, resume: bool = False) -> AdaptResult:
     """Fine-tune a pre-trained model on a few showers of a new geometry (default one-hot slot 0).
 
@@ -494,6 +511,7 @@ def adapt(cfg: AdaptConfig, *, progress: bool = True, resume: bool = False) -> A
             make_conditions(s.energies, s.angles, gi, cond) for s, gi in zip(data.samples, slots, strict=True)
         ]))
     (x_tr, c_tr), (x_val, c_val) = split_train_val((data.x, data.c), cfg.data.val_fraction, cfg.seed)
+    _check_enough_showers(loaded.model, files, int(data.x.shape[0]), int(x_tr.shape[0]), cfg)
     spec = loaded.spec
     assert spec.loss is not None  # "adapt" is only declared by single-module families with a supervised loss
     model = loaded.model.to(device)
