@@ -205,6 +205,20 @@ def generate_to_proc(c: Ctx) -> list[str]:
             "-o", "/proc/x.h5"]
 
 
+def absurd_mesh_checkpoint(c: Ctx) -> list[str]:
+    """The shipped VAE with its mesh edited to n_r = 1e6: 579 GB of weights, refused before allocating."""
+    import torch
+
+    from mlfastsim.showers.pretrained import pretrained_dir
+
+    state = torch.load(pretrained_dir() / "vae_ds2_meta.pt", weights_only=True)
+    state["mesh"]["n_r"] = 1_000_000
+    state["mesh"].pop("r_edges_mm", None)
+    torch.save(state, c.tmp / "absurd.pt")
+    return ["showers", "generate", "--checkpoint", str(c.tmp / "absurd.pt"), "--energy-gev", "10", "--n-per-point",
+            "2", "-o", str(c.tmp / "out.h5")]
+
+
 def sim_to_fifo(c: Ctx) -> list[str]:
     os.mkfifo(c.tmp / "pipe.h5")  # like /dev/full: a special file must never be replaced
     return sim(c.tmp / "pipe.h5")
@@ -361,6 +375,26 @@ def adapt_run_name_escape(c: Ctx) -> list[str]:
             "--run-name", "../../../escaped", "--adaptation-steps", "1"]
 
 
+def adapt_one_shower(c: Ctx) -> list[str]:
+    """One shower of the new geometry: batch norm cannot train on it (was a BatchNorm traceback)."""
+    from mlfastsim.showers.io.native import read_native, write_native
+
+    write_native(read_native(c.small_file).subset(slice(0, 1)), c.tmp / "one.h5")
+    return ["showers", "adapt", "--data", str(c.tmp / "one.h5"), "--study-name", "s", "--adaptation-steps", "1"]
+
+
+def _no_run(c: Ctx) -> None:
+    assert not (c.tmp / "runs").exists(), list((c.tmp / "runs").rglob("*"))
+
+
+def n_per_point_1e12(c: Ctx) -> list[str]:
+    return ["showers", "simulate", "--energy-gev", "10", "--n-per-point", "1e12", "-o", str(c.tmp / "out.h5")]
+
+
+def nan_range(c: Ctx) -> list[str]:
+    return ["showers", "simulate", "--energy-range-gev", "nan:10", "--n-per-point", "2", "-o", str(c.tmp / "out.h5")]
+
+
 def _not_escaped(c: Ctx) -> None:
     assert not (c.tmp.parent.parent / "escaped").exists()
 
@@ -382,6 +416,8 @@ CASES: dict[str, Case] = {
     "belle2 produce -o DIR": Case(produce_to_directory, 2, ("existing directory",)),
     "generate -o DIR": Case(generate_to_directory, 2, ("existing directory",)),
     "generate -o /proc/x.h5": Case(generate_to_proc, 2, ("/proc/x.h5",)),
+    "checkpoint declaring an absurd mesh (n_r = 1e6)": Case(absurd_mesh_checkpoint, 2, ("of memory", "absurd.pt"),
+                                                            _no_litter),
     "simulate -o special file": Case(sim_to_fifo, 2, ("not a regular file",)),
     "disk fills up (ulimit -f)": Case(sim_disk_fills, 2, ("file too large", "fix:"), _no_litter, fsize_limit=20_000),
     "disk fills during the streamed output": Case(sim_output_fills, 2, ("file too large", "out.h5"), _resumable,
@@ -404,6 +440,11 @@ CASES: dict[str, Case] = {
     "400 degree angle in a file": Case(angle_400, 2, ("outside 0..180",)),
     "run name ../../../escaped": Case(run_name_escape, 2, ("not a plain folder name",), _not_escaped),
     "adapt --run-name ../../../escaped": Case(adapt_run_name_escape, 2, ("not a plain folder name",), _not_escaped),
+    "adapt on one shower": Case(adapt_one_shower, 2, ("one.h5", "at least 2", "a few dozen showers"), _no_run),
+    "--n-per-point 1e12: one line, not click's usage box": Case(n_per_point_1e12, 2, ("--n-per-point", "1e12",
+                                                                                     "whole number"),
+                                                                _nothing_written),
+    "--energy-range-gev nan:10": Case(nan_range, 2, ("--energy-range-gev", "not a finite number"), _nothing_written),
     "killed run's .NAME.xxxx.tmp is cleaned": Case(stale_tmp, 0, (), _stale_tmp_gone),
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -70,6 +71,13 @@ def parse_range(text: str | None, option: str) -> tuple[float, float] | None:
         lo = hi = None
     if lo is None or hi is None:
         raise ConfigError(f"{text!r} is not a range LOW:HIGH", field=option, fix=f"write e.g. {option} 1:1000")
-    if not lo < hi:
-        raise ConfigError(f"range {text!r} is empty (LOW must be < HIGH)", field=option, fix="swap the bounds")
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ConfigError(f"range {text!r} has a bound that is not a finite number", field=option,
+                          fix=f"write two numbers, e.g. {option} 1:1000")
+    if lo == hi:
+        raise ConfigError(f"range {text!r} is empty (LOW must be < HIGH)", field=option,
+                          fix=f"give two different bounds, or one value with {option.replace('-range', '')}")
+    if lo > hi:
+        raise ConfigError(f"range {text!r} is empty (LOW must be < HIGH)", field=option,
+                          fix=f"swap the bounds: {option} {parts[1]}:{parts[0]}")
     return lo, hi

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import typer
 
@@ -69,11 +70,67 @@ def _root(
     _state["debug"] = debug
 
 
+def _click_exceptions() -> Any:
+    """click's exception classes, as the installed typer raises them (typer >= 0.2x vendors click)."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover - a typer that uses click itself
+        from click import exceptions
+    return exceptions
+
+
+def _given(argv: list[str], opts: list[str]) -> str | None:
+    """The value typed after one of ``opts`` (``--opt VALUE`` or ``--opt=VALUE``), for the message."""
+    for i, arg in enumerate(argv):
+        for opt in opts:
+            if arg == opt and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(opt + "="):
+                return arg[len(opt) + 1 :]
+    return None
+
+
+def _usage_line(exc: Exception, argv: list[str]) -> str:
+    """A click usage error (an option's value of the wrong type, an unknown option...) as our one line."""
+    message = str(getattr(exc, "format_message", lambda: str(exc))()).rstrip(".")
+    param = getattr(exc, "param", None)
+    value = _given(argv, list(getattr(param, "opts", []))) if param is not None else None
+    if value is not None:
+        message += f" (got {value!r})"
+    ctx = getattr(exc, "ctx", None)
+    fix = f"see `{ctx.command_path if ctx is not None else 'mlfastsim'} --help`"
+    if "valid integer" in message:
+        fix = "write a whole number in digits (1000000, not 1e6)"
+    return f"{message} (fix: {fix})"
+
+
+def _run(argv: list[str] | None) -> int:
+    """The app without click's own error box: a usage error is one line too (exit 2)."""
+    cx = _click_exceptions()
+    try:
+        rv = app(args=argv, prog_name="mlfastsim", standalone_mode=False)
+    except cx.NoArgsIsHelpError as exc:
+        exc.show()  # no arguments: the help, as click shows it
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
+        return 1
+    except cx.ClickException as exc:
+        typer.secho(f"error: {_usage_line(exc, argv if argv is not None else sys.argv[1:])}", err=True,
+                    fg=typer.colors.RED)
+        return exc.exit_code
+    if type(rv) is not int:
+        return 0
+    if rv == 130:  # typer turns a Ctrl-C inside a command into exit code 130: say what it left behind
+        raise KeyboardInterrupt
+    return rv  # typer.Exit(code); --help and --version come back as 0
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; translate user errors into one line and exit code 2."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        app(args=argv, prog_name="mlfastsim")
+        code = _run(argv)
     except MlfastsimError as exc:
         if debug:
             raise
@@ -85,3 +142,5 @@ def main(argv: list[str] | None = None) -> None:
                     "resume from their finished chunks, training runs with --resume from the last checkpoint)",
                     err=True)
         sys.exit(130)
+    if code:
+        sys.exit(code)
