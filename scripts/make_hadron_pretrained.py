@@ -36,7 +36,7 @@ from mlfastsim.showers.pretrained import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "src" / "mlfastsim" / "data" / "pretrained"
-STEPS = {"regressor": 200, "wgan": 120, "bibae": 300, "postprocess": 150}
+STEPS = {"regressor": 200, "wgan": 120, "bibae": 120, "postprocess": 50}
 MODELS = {
     "wgan_hcal48_pion": {
         "run": "wgan", "label": "WGAN",
