@@ -265,6 +265,29 @@ def _no_arrays(c: Ctx) -> None:
     assert not (c.tmp / "pre").exists()  # a failed first run leaves no empty output folder
 
 
+def _planted_events(c: Ctx) -> Path:
+    """A produced events file whose table attribute pandas reads (non_index_axes) is a pickle that runs code."""
+    ev = c.tmp / "ev.h5"
+    assert c.cli("belle2", "produce", "-n", "40", "--chunk-size", "40", "-o", str(ev)).code == 0
+    with h5py.File(ev, "r+") as f:
+        f["events"].attrs["non_index_axes"] = np.bytes_(pickle.dumps(Boom(), protocol=0))
+    return ev
+
+
+def preprocess_planted_pickle(c: Ctx) -> list[str]:
+    return ["belle2", "preprocess", "-i", str(_planted_events(c)), "-o", str(c.tmp / "pre")]
+
+
+def evaluate_planted_pickle(c: Ctx) -> list[str]:
+    return ["belle2", "evaluate", "--events", str(_planted_events(c)), "--scores", str(c.tmp / "ev.h5"), "-o",
+            str(c.tmp / "eval")]
+
+
+def _nothing_ran(c: Ctx) -> None:
+    assert not (c.tmp / "PWNED").exists()
+    assert not (c.tmp / "pre").exists() and not (c.tmp / "eval").exists()
+
+
 LARTPC_SIM = {"n_events": 4, "seed": 2, "tpc_ids": [1], "muons": [1, 2], "protons": [0, 1], "showers": [0, 1],
               "geometry": {"n_ticks": 32, "size_y_mm": 32.0, "size_z_mm": 32.0, "voxel_mm": 2.0}}
 
@@ -431,6 +454,10 @@ CASES: dict[str, Case] = {
                                            fsize_limit=8_000),
     "validate: disk fills up (no PNGs without metrics.json)": Case(validate_disk_fills, 2, ("file too large",),
                                                                   _no_figures, fsize_limit=200_000),
+    "belle2 preprocess: a pickle planted in the events file never runs": Case(
+        preprocess_planted_pickle, 2, ("ev.h5", "would call", "system"), _nothing_ran),
+    "belle2 evaluate: a pickle planted in the events file never runs": Case(
+        evaluate_planted_pickle, 2, ("ev.h5", "would call", "system"), _nothing_ran),
     "convert of a 0-shower file": Case(convert_zero_showers, 2, ("no showers",), _no_cc),
     "impossible detector material": Case(impossible_material, 2, ("must be a finite number > 0",), _nothing_written),
     "NaN detector thickness": Case(nan_thickness, 2, ("thicknesses must be finite",), _nothing_written),

@@ -30,7 +30,13 @@ from mlfastsim.belle2.apply import keep_decision
 from mlfastsim.belle2.config import EvaluateConfig
 from mlfastsim.belle2.produce import EventFile
 from mlfastsim.core.errors import ConfigError, DataError, InputFileError
-from mlfastsim.core.io import atomic_path, atomic_write_json, atomic_write_text, ensure_writable_dir, require_file
+from mlfastsim.core.io import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    check_h5_no_code,
+    ensure_writable_dir,
+)
 
 BIAS_VARIABLES = ("mbc_mev", "delta_e_mev", "n_tracks", "e_vis_mev", "r2")
 #: axis labels of the bias figure (the table columns are the variable names)
@@ -39,7 +45,8 @@ BIAS_LABELS = {"mbc_mev": "beam-constrained mass M_bc [MeV]", "delta_e_mev": "Δ
 
 
 def read_scores(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    p = require_file(path, what="scores file")
+    p = check_h5_no_code(path, what="scores file", fix="read only scores files you trust; re-create this one with "
+                                                       "'mlfastsim belle2 apply'")
     try:
         with pd.HDFStore(p, mode="r") as store:
             if "/scores" not in store.keys():

@@ -31,7 +31,7 @@ from mlfastsim.belle2.decay_table import load_decay_table
 from mlfastsim.belle2.detector import SKIM_VARIABLES, simulate_event
 from mlfastsim.belle2.generator import generate
 from mlfastsim.core.errors import DataError, InputFileError
-from mlfastsim.core.io import atomic_path, check_output_file, require_file
+from mlfastsim.core.io import atomic_path, check_h5_no_code, check_output_file, require_file
 from mlfastsim.core.parallel import (
     TaskCache,
     cache_dir_for,
@@ -110,6 +110,7 @@ def produce(cfg: ProduceConfig, *, progress: bool = True) -> dict[str, Any]:
     check_output_file(cfg.output)  # a directory, device or read-only disk fails now, not after the work
     fingerprint = config_fingerprint(cfg, file_signatures([cfg.dec_file]) if cfg.dec_file else None)
     if is_done(cfg.output, fingerprint):  # the file holds exactly the bytes this job wrote
+        check_h5_no_code(cfg.output, what="events file", fix=_TRUSTED_FIX)
         with pd.HDFStore(cfg.output, mode="r") as store:
             stored = getattr(store.get_storer("events").attrs, "summary_json", None)
         if isinstance(stored, str | bytes):
@@ -157,11 +158,16 @@ def produce(cfg: ProduceConfig, *, progress: bool = True) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- reading
+_TRUSTED_FIX = "read only events files you trust; re-create this one with 'mlfastsim belle2 produce'"
+
+
 class EventFile:
     """A produce-format file opened for chunked reading, with its layout validated up front."""
 
     def __init__(self, path: str | Path, *, need_labels: bool = False) -> None:
         self.path = require_file(path, what="events file")
+        # PyTables unpickles attributes on read: a file from elsewhere must not run code (checked with h5py)
+        check_h5_no_code(self.path, what="events file", fix=_TRUSTED_FIX)
         try:
             self.store = pd.HDFStore(self.path, mode="r")
         except Exception as exc:  # PyTables raises HDF5ExtError, OSError, ValueError... for non-HDF5 input

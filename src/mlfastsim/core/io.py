@@ -16,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import io
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -575,6 +577,74 @@ def open_h5(path: str | Path, *, what: str = "input file") -> h5py.File:
 # Deflate, the strongest filter HDF5 files commonly use, shrinks at most ~1032:1; a chunked dataset whose
 # declared size exceeds its stored bytes by more than this cannot be real data.
 MAX_COMPRESSION_RATIO = 1100
+
+
+class _ClassRefused(pickle.UnpicklingError):
+    pass
+
+
+class _NoClasses(pickle.Unpickler):
+    """Unpickles lists, dicts, strings and numbers only: a pickle that names any class or function (the
+    only way one runs code) is refused before it is looked up."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise _ClassRefused(f"{module}.{name}")
+
+
+def _runs_code(raw: bytes) -> str | None:
+    """What a pickle ``raw`` would call when unpickled as PyTables does (plain, then latin1, then bytes
+    for Python 2 strings), or None when it holds plain data or is no pickle at all."""
+    for encoding in ("ASCII", "latin1", "bytes"):
+        try:
+            _NoClasses(io.BytesIO(raw), encoding=encoding).load()
+            return None
+        except _ClassRefused as exc:
+            return str(exc)
+        except UnicodeDecodeError:
+            continue
+        except Exception:  # not a pickle, or a broken one: PyTables fails on it too, before any call
+            return None
+    return None
+
+
+def check_h5_no_code(path: str | Path, *, what: str = "input file",
+                     fix: str = "read only files you trust; re-create this one with mlfastsim") -> Path:
+    """Refuse an HDF5 file that would run code when PyTables (``pandas.HDFStore``) opens it.
+
+    PyTables unpickles every attribute stored as a byte string ending in ``.`` and the rows of 'object'
+    VLArrays.  pandas' own attributes are lists, dicts and strings, which unpickle without naming any
+    class; anything else (``os.system`` in a planted attribute) is refused here, read with h5py, before
+    PyTables touches the file.
+    """
+    p = require_file(path, what=what)
+
+    def check(name: str, obj: Any) -> None:
+        node = "/" + name.lstrip("/")
+        if isinstance(obj, h5py.Dataset) and obj.attrs.get("PSEUDOATOM") in (b"object", "object"):
+            raise InputFileError(f"{node} holds pickled Python objects, which run code when read", file=p,
+                                 field=node, fix=fix)
+        for key in obj.attrs:
+            try:
+                value = obj.attrs[key]
+            except (OSError, TypeError, ValueError):  # a type h5py cannot read is no pickled string either
+                continue
+            if isinstance(value, np.ndarray) and value.ndim == 0:
+                value = value[()]
+            if not isinstance(value, bytes | np.bytes_) or not bytes(value).endswith(b"."):
+                continue
+            called = _runs_code(bytes(value))
+            if called is not None:
+                raise InputFileError(f"attribute {key!r} of {node} is a pickle that would call {called} when read",
+                                     file=p, field=f"{node}.{key}", fix=fix)
+
+    try:
+        f = h5py.File(p, "r")
+    except OSError:  # not HDF5 (or truncated): PyTables cannot open it either, and the caller says so
+        return p
+    with f:
+        check("/", f)
+        f.visititems(check)
+    return p
 
 
 def check_h5_dataset(dataset: h5py.Dataset, *, file: str | Path, field: str | None = None,
