@@ -148,3 +148,14 @@ def test_every_entry_is_complete() -> None:
         assert spec.tiny_config().type == name
         if spec.supports("meta-train") or spec.supports("adapt"):
             assert spec.loss is not None, f"{name}: meta-learning needs a supervised loss"
+
+
+def test_shipped_models_load_by_name() -> None:
+    """``pretrained:NAME`` works wherever a checkpoint is taken; every shipped shower model rebuilds from it."""
+    from mlfastsim.showers.pretrained import list_pretrained
+
+    for entry in list_pretrained():
+        loaded = load_model(f"pretrained:{entry['name']}")
+        assert loaded.model_type == entry["model_type"]
+    with pytest.raises(ConfigError, match="no shipped model named 'nope'"):
+        load_model("pretrained:nope")

@@ -39,11 +39,13 @@ from mlfastsim.core.errors import ConfigError, InputFileError
 from mlfastsim.core.export import ExportResult
 from mlfastsim.core.export import export_onnx as export_module
 from mlfastsim.core.io import atomic_write_json, require_file
+from mlfastsim.core.pretrained import is_pretrained
 from mlfastsim.showers.conditioning.em import ConditioningConfig, EMNormalisation
 from mlfastsim.showers.config import ExportConfig
 from mlfastsim.showers.models import LoadedModel, Normalisation, load_model
 from mlfastsim.showers.models.layout import VOXEL_ORDERS, inverse_permutation, voxel_permutation
 from mlfastsim.showers.models.vae import GeneratorModule
+from mlfastsim.showers.pretrained import pretrained_path
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "SIDECAR_FORMAT", "VOXEL_ORDERS", "GeneratorModule", "build_generator",
            "export_onnx", "generator_inputs",
@@ -131,6 +133,8 @@ def resolve_checkpoint(cfg: ExportConfig) -> Path:
                 f"both a checkpoint and {', '.join(given)} were given", field="checkpoint",
                 fix="pass either --checkpoint or --study-name/--run-name/--adaptation-step",
             )
+        if is_pretrained(cfg.checkpoint):
+            return pretrained_path(str(cfg.checkpoint))
         return require_file(resolve_checkpoint_ref(cfg.checkpoint, field="checkpoint"), what="checkpoint")
     root = Path(cfg.output_dir)
     if cfg.study_name is None:

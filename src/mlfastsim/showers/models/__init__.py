@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from mlfastsim.core.checkpoint import load_checkpoint
 from mlfastsim.core.errors import ConfigError, InputFileError
+from mlfastsim.core.pretrained import is_pretrained
 from mlfastsim.showers.geometry import Mesh
 from mlfastsim.showers.io.native import same_mesh
 from mlfastsim.showers.models.cfm import CFMModel
@@ -30,6 +31,7 @@ from mlfastsim.showers.models.contract import (
 )
 from mlfastsim.showers.models.hadrons import BIBAEModel, PostProcessModel, RegressorModel, WGANModel
 from mlfastsim.showers.models.vae import VAEModel
+from mlfastsim.showers.pretrained import pretrained_path
 
 __all__ = [
     "MODELS", "LoadedModel", "ModelType", "Normalisation", "Stage", "TrainingData", "checkpoint_meta",
@@ -93,9 +95,9 @@ def load_model(path: str | Path, *, expect_type: str | tuple[str, ...] | None = 
     """Rebuild a model from a checkpoint alone, in eval mode.
 
     ``expect_type`` / ``expect_mesh`` / ``command`` refuse a checkpoint of another model type, geometry, or
-    one whose type cannot do ``command``, naming the file.
+    one whose type cannot do ``command``, naming the file.  ``pretrained:NAME`` names a shipped model.
     """
-    p = Path(path)
+    p = pretrained_path(str(path)) if is_pretrained(path) else Path(path)  # pretrained:NAME, a shipped model
     state = load_checkpoint(p, map_location=map_location)
     if "model_type" not in state or "modules" not in state:
         raise InputFileError("not a mlfastsim shower-model checkpoint (no model_type)", file=p,
