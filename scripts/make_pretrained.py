@@ -253,9 +253,16 @@ def build(out_dir: Path, work: Path, threads: int, *, classifier: bool) -> dict[
         "geometries": {det: slot for (det, _), slot in zip(GEOMETRIES, cfg.data.geometry_index or range(3),
                                                            strict=True)},
         "new_geometry_slot": 0,
+        "particle": "electron",
+        "energy_range_gev": [1.0, 1000.0],
+        "angle_range_deg": [50.0, 90.0],
         "sha256": info["sha256"],
         "size_bytes": info["size_bytes"],
     }]}
+    # the other shipped models' entries (e.g. cfm_ds2 from scripts/make_cfm_pretrained.py) are kept after this one
+    previous = out_dir / "index.json"
+    if previous.is_file():
+        index["models"] += [m for m in json.loads(previous.read_text())["models"] if m.get("name") != NAME]
     atomic_write_json(out_dir / "index.json", index)
     atomic_write_json(work / "metrics.json", info)
     return info

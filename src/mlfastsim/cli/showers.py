@@ -515,9 +515,16 @@ def pretrained() -> None:
     """List the pre-trained models shipped with mlfastsim."""
     from mlfastsim.showers.pretrained import list_pretrained
 
-    table = Table(title="Pre-trained models")
-    for col in ("name", "model", "mesh", "description", "file"):
+    table = Table(title="Pre-trained models (use as --checkpoint pretrained:NAME)")
+    for col in ("name", "model", "mesh", "particle", "energies [GeV]", "geometry slots", "file"):
         table.add_column(col)
     for entry in list_pretrained():
-        table.add_row(entry["name"], entry["model_type"], entry["mesh"], entry["description"], entry["file"])
+        lo_hi = entry.get("energy_range_gev")
+        slots = entry.get("geometries")
+        table.add_row(entry["name"], entry["model_type"], entry["mesh"], entry.get("particle", "?"),
+                      f"{lo_hi[0]:g}-{lo_hi[1]:g}" if lo_hi else "?",
+                      ", ".join(f"{k}={v}" for k, v in slots.items()) + f"; new={entry.get('new_geometry_slot', 0)}"
+                      if slots else "-", entry["file"])
     console.print(table)
+    for entry in list_pretrained():
+        console.print(f"[bold]{entry['name']}[/]: {entry['description']} (card: {entry.get('card', '-')})")
