@@ -89,7 +89,7 @@ def score(reference: ShowerData, cand: ShowerData, out: Path, *, classifier: boo
                        draw_figures=False, exclude_empty=True)
     cc = m.get("observables_calochallenge") or m["observables"]
     sps = [v["separation_power"] for v in cc.values() if v.get("separation_power") is not None]
-    low, high = m["classifier"].get("low_level", {}), m["classifier"].get("high_level", {})
+    low, high = m.get("classifier", {}).get("low_level", {}), m.get("classifier", {}).get("high_level", {})
     return {"auc_low": low.get("auc"), "auc_high": high.get("auc"), "fpd": m["fpd"].get("value"),
             "kpd": m["kpd"].get("value"), "mean_sp": float(np.mean(sps)) if sps else None,
             "n_hits_sp": m["observables"]["n_hits"]["separation_power"],
@@ -164,6 +164,8 @@ def main() -> None:
                         help="reference showers in the step sweep and the curve (default: --n-ref)")
     parser.add_argument("--skip-scratch", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the rows already in WORK/fidelity_study.json (an interrupted study goes on)")
     args = parser.parse_args()
     threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
     torch.set_num_threads(threads)
@@ -181,6 +183,10 @@ def main() -> None:
     models = {"vae": load_model(vae_path), "cfm": load_model(args.cfm)}
     results: dict[str, Any] = {"threads": threads, "n_ref": args.n_ref, "adapt_steps": args.adapt_steps,
                                "batch": args.batch, "rows": {}, "sweep": {}, "curve": {}}
+    saved = work / "fidelity_study.json"
+    if args.reuse and saved.is_file():
+        results["rows"] = json.loads(saved.read_text())["rows"]
+    done = set(results["rows"])
 
     def row(name: str, ref: ShowerData, cand: ShowerData, **extra: Any) -> None:
         t0 = time.perf_counter()
@@ -189,18 +195,26 @@ def main() -> None:
         print(name, json.dumps(results["rows"][name]), flush=True)
         (work / "fidelity_study.json").write_text(json.dumps(results, indent=1))
 
-    row("floor SiW (seed 201 vs 202)", siw_ref, siw_floor)
-    row("floor FCCeeSiW (seed 301 vs 302)", fcc_ref, fcc_floor)
+    if "floor SiW (seed 201 vs 202)" not in done:
+        row("floor SiW (seed 201 vs 202)", siw_ref, siw_floor)
+    if "floor FCCeeSiW (seed 301 vs 302)" not in done:
+        row("floor FCCeeSiW (seed 301 vs 302)", fcc_ref, fcc_floor)
     for fam, model in models.items():
+        if f"{fam} pre-trained, SiW" in done:
+            continue
         timing = {f"ms_b{b}": round(ms_per_shower(model, int(b)), 3) for b in args.timing_batches.split(",")}
         row(f"{fam} pre-trained, SiW", siw_ref, candidate(model, siw_ref, 0, args.seed), **timing)
     for fam, model in models.items():
         lr = args.cfm_lr if fam == "cfm" else args.lr
+        if f"{fam} adapted, FCCeeSiW" in done:
+            continue
         ckpt, secs = adapt_run(work, f"{fam}_adapt", Path(model.path), fcc_train, args.adapt_steps, args.batch, lr,
                                args.seed)
         row(f"{fam} adapted, FCCeeSiW", fcc_ref, candidate(load_model(ckpt), fcc_ref, 0, args.seed),
             train_s=round(secs, 1))
-        if not args.skip_scratch:
+    for fam, model in models.items():
+        lr = args.cfm_lr if fam == "cfm" else args.lr
+        if not args.skip_scratch and f"{fam} from scratch, FCCeeSiW" not in done:
             ckpt, secs = scratch_run(work, fam, model.config, fcc_train, args.adapt_steps, args.batch, lr, args.seed)
             row(f"{fam} from scratch, FCCeeSiW", fcc_ref, candidate(load_model(ckpt), fcc_ref, 0, args.seed),
                 train_s=round(secs, 1))
