@@ -139,3 +139,15 @@ def test_vae_configs_without_the_field_load_and_dump_unchanged() -> None:
     assert cfg.readout_threshold_mev == THR  # zero suppression on for checkpoints written before the option
     assert cfg.model_dump(mode="json") == old  # the default is left out: shipped bytes and sha256 unchanged
     assert VAEConfig.model_validate({**old, "readout_threshold_mev": 0}).model_dump()["readout_threshold_mev"] == 0
+
+
+def test_shipped_cfm_loads_and_generates_read_out_showers() -> None:
+    from mlfastsim.showers.inference.generate import generate
+    from mlfastsim.showers.pretrained import pretrained_path
+
+    loaded = load_model(pretrained_path("cfm_ds2"), command="adapt")
+    assert loaded.model_type == "cfm" and loaded.latent_dim == loaded.mesh.n_z + loaded.mesh.n_voxels
+    e = np.array([2e3, 200e3], dtype=np.float32)
+    showers = generate(loaded.with_steps(2), e, np.array([90.0, 60.0], dtype=np.float32), 0, seed=0, batch_size=2)
+    assert np.isfinite(showers).all() and np.all((showers == 0) | (showers >= THR * (1 - 1e-5)))
+    assert 0.3 < float(showers[1].sum() / e[1]) < 1.5  # energies first: E_tot/E_inc of the right order
