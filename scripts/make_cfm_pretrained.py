@@ -95,7 +95,8 @@ def card(cfg: TrainConfig, info: dict[str, Any]) -> str:
             lines.append(f"| {name} | " + " | ".join("-" if r.get(k) is None else f"{r[k]:.4g}"
                                                     for k in ("auc_low", "auc_high", "fpd", "mean_sp", "n_hits_sp"))
                          + " |")
-        lines += ["", "A budget-limited model (minutes on one shared CPU thread, loss still falling): it beats the VAE on "
+        lines += ["", "A budget-limited model (minutes on one shared CPU thread, loss still falling): it beats the VAE "
+                  "on "
                   "FPD, KPD, mean SP and n_hits, but the low-level classifier still separates it from the reference "
                   "(AUC ~ 1), so it is a starting point for adaptation and for longer training "
                   "(`configs/showers/cfm_full.yaml` on a GPU), not a finished simulator."]
