@@ -22,7 +22,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-# Every command block of README.md, in order, in a fresh directory, at MLFASTSIM_QUICK=1 sizes (slow).
+# Every command block of README.md, in order, in a fresh directory, at MLFASTSIM_QUICK=1 sizes (slow:
+# 14 min measured on a shared 2-core machine, load ~7).
 test-readme: $(STAMP)
 	$(PY) -m pytest -q -m slow --timeout 7200 tests/e2e/test_readme.py
 
