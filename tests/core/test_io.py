@@ -139,15 +139,20 @@ def test_stale_tmp_of_a_dead_writer_is_removed(tmp_path: Path) -> None:
 def test_swallowed_ctrl_c_does_not_publish_the_output(tmp_path: Path) -> None:
     import signal
 
-    dest = tmp_path / "out.h5"
-    with pytest.raises(KeyboardInterrupt), atomic_path(dest) as tmp:
-        tmp.write_bytes(b"half")
-        try:
-            signal.raise_signal(signal.SIGINT)
-        except KeyboardInterrupt:
-            pass  # what a library callback does to an interrupt landing in C code
-    assert not dest.exists() and list(tmp_path.iterdir()) == []
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # start from Python's own handler whatever an earlier test (a CLI run, Dask, torchrun) left installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        dest = tmp_path / "out.h5"
+        with pytest.raises(KeyboardInterrupt), atomic_path(dest) as tmp:
+            tmp.write_bytes(b"half")
+            try:
+                signal.raise_signal(signal.SIGINT)
+            except KeyboardInterrupt:
+                pass  # what a library callback does to an interrupt landing in C code
+        assert not dest.exists() and list(tmp_path.iterdir()) == []
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_free_space_and_memory_are_checked_before_work(tmp_path: Path) -> None:

@@ -71,7 +71,10 @@ def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
 
 
 def cleanup() -> None:
+    """Leave the process group together: a rank that tears gloo down while a peer is still writing its
+    checkpoint can abort in gloo's destructor ("terminate called without an active exception")."""
     if is_distributed():
+        dist.barrier()
         dist.destroy_process_group()
 
 
