@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from pydantic import Field
 
 from mlfastsim.core.config import StrictModel
-from mlfastsim.core.errors import ConfigError, InputFileError, MlfastsimError
+from mlfastsim.core.errors import ConfigError, InputFileError
 from mlfastsim.core.io import check_interrupt, watch_interrupts
 from mlfastsim.core.progress import progress_bar
 from mlfastsim.core.resume import (
@@ -143,46 +143,10 @@ def run_tasks(
     :class:`MlfastsimError` raised inside a task is re-raised unchanged, so the CLI still prints one
     clean line whether the task ran here or on a remote worker.
     """
-    if not tasks:
-        return []
-    out: list[Any] = [None] * len(tasks)
-    todo = []
-    for i in range(len(tasks)):
-        value = cache.get(i, _MISSING) if cache is not None else _MISSING
-        if value is _MISSING:
-            todo.append(i)  # not run yet, or its record is corrupt / of another job: (re)compute it
-        else:
-            out[i] = value
-    if not todo:
-        return out
-    if workers <= 1 and not scheduler:
-        with watch_interrupts(), progress_bar(len(todo), description, enabled=progress) as bar:
-            for i in todo:
-                out[i] = fn(*tasks[i])
-                check_interrupt()  # a Ctrl-C swallowed inside a library stops the job here
-                if cache is not None:
-                    cache.save(i, out[i])
-                bar.advance()
-        return out
-
-    from distributed import as_completed
-
-    with watch_interrupts(), dask_client(workers, scheduler) as client:
-        name = getattr(fn, "__name__", "task")
-        futures = {client.submit(fn, *tasks[i], pure=False, key=f"{name}-{i}"): i for i in todo}
-        with progress_bar(len(todo), f"{description} ({'cluster' if scheduler else f'{workers} workers'})",
-                          enabled=progress) as bar:
-            for fut in as_completed(list(futures)):
-                i = futures[fut]
-                try:
-                    out[i] = fut.result()
-                except MlfastsimError:
-                    raise
-                check_interrupt()
-                if cache is not None:
-                    cache.save(i, out[i])
-                bar.advance()
-        return out
+    # the streaming runner with every task in flight at once: one implementation of caching, order,
+    # interrupts and error passing for both
+    return list(iter_tasks(fn, tasks, workers=workers, scheduler=scheduler, description=description,
+                           progress=progress, cache=cache, window=max(len(tasks), 1)))
 
 
 def iter_tasks(
