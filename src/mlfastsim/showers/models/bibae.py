@@ -41,8 +41,9 @@ from torch import nn
 from mlfastsim.core import distributed as dist_utils
 from mlfastsim.core.config import StrictModel
 from mlfastsim.core.trainer import Batch
-from mlfastsim.showers.models.losses import mmd, sorted_hit_mmd
+from mlfastsim.showers.models.losses import mmd, sorted_hit_mmd, standardised_mmd
 from mlfastsim.showers.models.wgan import (
+    Baseline,
     Critic,
     Generator,
     _conv_out,
@@ -78,6 +79,9 @@ class BIBAEConfig(StrictModel):
     # error, which converges to the mean shower (diffuse, empty after the 0.5 MIP threshold).
     output: Literal["relu", "hits"] = "hits"
     hit_threshold: float = Field(0.5, gt=0)  # smallest hit in network units (the 0.5 MIP readout threshold)
+    # the decoder's hit head adds the training data's energy baseline (conditioning/grid.py), so the energy
+    # dependence need not pass through z (false rebuilds models made before it)
+    energy_baseline: bool = False
     recon_weight: float = Field(1.0, ge=0)
     kl_weight: float = Field(0.05, ge=0)
     mmd_weight: float = Field(1.0, ge=0)
@@ -156,14 +160,15 @@ class Encoder(nn.Module):
 class BIBAE(nn.Module):
     """Conditional BIB-AE: ``forward(x, e) -> (recon, mu, logvar, z)`` with z drawn by reparametrisation."""
 
-    def __init__(self, grid_shape: Sequence[int], cfg: BIBAEConfig) -> None:
+    def __init__(self, grid_shape: Sequence[int], cfg: BIBAEConfig, baseline: Baseline | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.grid_shape = check_grid_shape(grid_shape)
         self.latent_dim = cfg.latent_dim
         self.encoder = Encoder(grid_shape, cfg.latent_dim, cfg.encoder_channels, cfg.encoder_hidden, cfg.leaky_slope)
         self.decoder = Generator(grid_shape, cfg.latent_dim, cfg.decoder_channels, cfg.leaky_slope,
-                                 output=cfg.output, hit_threshold=cfg.hit_threshold)
+                                 output=cfg.output, hit_threshold=cfg.hit_threshold,
+                                 baseline=baseline if cfg.energy_baseline else None)
 
     def encode(self, x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(x, e)
@@ -406,7 +411,7 @@ class PostProcessTask:
         out = self.postprocessor(base, e)
         ls_out, ls_x = log_energy_sum(out[:, None]), log_energy_sum(x[:, None])
         if cfg.input == "prior":  # unpaired: the conditional distribution of the energy sum
-            esum = mmd(torch.cat([e[:, None], ls_out], 1), torch.cat([e[:, None], ls_x], 1))
+            esum = standardised_mmd(torch.cat([e[:, None], ls_x], 1), torch.cat([e[:, None], ls_out], 1))
         else:
             esum = (ls_out - ls_x).pow(2).mean()
         terms = {

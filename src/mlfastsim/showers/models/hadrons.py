@@ -47,6 +47,7 @@ from mlfastsim.showers.models.bibae import (
 )
 from mlfastsim.showers.models.contract import ModelType, Normalisation, Stage
 from mlfastsim.showers.models.wgan import (
+    Baseline,
     Critic,
     EnergyRegressor,
     Generator,
@@ -73,26 +74,41 @@ def _aux(aux_modules: AuxModules, name: str) -> nn.Module | None:
     return (aux_modules or {}).get(name)
 
 
+def _needed(cfg: WGANConfig | BIBAEConfig, baseline: Baseline | None) -> Baseline | None:
+    """The energy baseline when the config asks for it; a clear error when it asks and none was fitted."""
+    if not cfg.energy_baseline:
+        return None
+    if baseline is None:
+        raise ConfigError("model.energy_baseline is on but the data's normalisation has no energy baseline "
+                          "(a checkpoint or first stage written before it)", field="model.energy_baseline",
+                          fix="retrain the first stage (regressor or BIB-AE) with this version, or set "
+                              "model.energy_baseline: false")
+    return baseline
+
+
 # ------------------------------------------------------------------------------------------- regressor
-def _regressor_modules(cfg: RegressorConfig, grid_shape: GridShape, *, seed: int = 0) -> dict[str, nn.Module]:
+def _regressor_modules(cfg: RegressorConfig, grid_shape: GridShape, *, seed: int = 0,
+                       baseline: Baseline | None = None) -> dict[str, nn.Module]:
     _expect(cfg, RegressorConfig)
     return {"regressor": seeded_build(seed, EnergyRegressor, check_grid_shape(grid_shape), cfg)}
 
 
 def _regressor_task(cfg: RegressorConfig, grid_shape: GridShape, *, seed: int = 0,
-                    aux_modules: AuxModules = None) -> TrainTask:
+                    aux_modules: AuxModules = None, baseline: Baseline | None = None) -> TrainTask:
     reg = _regressor_modules(cfg, grid_shape, seed=seed)["regressor"]
     return RegressorTask(reg, cfg)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------- wgan
-def _wgan_modules(cfg: WGANConfig, grid_shape: GridShape, *, seed: int = 0) -> dict[str, nn.Module]:
+def _wgan_modules(cfg: WGANConfig, grid_shape: GridShape, *, seed: int = 0, baseline: Baseline | None = None
+                  ) -> dict[str, nn.Module]:
     _expect(cfg, WGANConfig)
     grid = check_grid_shape(grid_shape)
 
     def build() -> dict[str, nn.Module]:
         mods: dict[str, nn.Module] = {
-            "generator": Generator(grid, cfg.latent_dim, cfg.generator_channels, cfg.leaky_slope),
+            "generator": Generator(grid, cfg.latent_dim, cfg.generator_channels, cfg.leaky_slope,
+                                   baseline=_needed(cfg, baseline)),
             "critic": Critic(grid, cfg.critic_channels, cfg.critic_hidden, layer_norm=cfg.critic_layer_norm,
                              leaky_slope=cfg.leaky_slope),
         }
@@ -103,8 +119,9 @@ def _wgan_modules(cfg: WGANConfig, grid_shape: GridShape, *, seed: int = 0) -> d
     return seeded_build(seed, build)
 
 
-def _wgan_task(cfg: WGANConfig, grid_shape: GridShape, *, seed: int = 0, aux_modules: AuxModules = None) -> TrainTask:
-    mods = _wgan_modules(cfg, grid_shape, seed=seed)
+def _wgan_task(cfg: WGANConfig, grid_shape: GridShape, *, seed: int = 0, aux_modules: AuxModules = None,
+               baseline: Baseline | None = None) -> TrainTask:
+    mods = _wgan_modules(cfg, grid_shape, seed=seed, baseline=baseline)
     regressor = None
     if cfg.regressor_weight > 0:
         regressor = _aux(aux_modules, "regressor")
@@ -130,19 +147,20 @@ def _wgan_sampler(modules: dict[str, nn.Module], cfg: WGANConfig, grid_shape: Gr
 
 
 # ------------------------------------------------------------------------------------------- bibae
-def _bibae_modules(cfg: BIBAEConfig, grid_shape: GridShape, *, seed: int = 0) -> dict[str, nn.Module]:
+def _bibae_modules(cfg: BIBAEConfig, grid_shape: GridShape, *, seed: int = 0, baseline: Baseline | None = None
+                   ) -> dict[str, nn.Module]:
     _expect(cfg, BIBAEConfig)
     grid = check_grid_shape(grid_shape)
     return seeded_build(seed, lambda: {
-        "bibae": BIBAE(grid, cfg),
+        "bibae": BIBAE(grid, cfg, _needed(cfg, baseline)),
         "latent_critic": LatentCritic(cfg.latent_dim, cfg.latent_critic_hidden, cfg.leaky_slope),
         "main_critic": MainCritic(grid, cfg),
     })
 
 
-def _bibae_task(cfg: BIBAEConfig, grid_shape: GridShape, *, seed: int = 0, aux_modules: AuxModules = None
-                ) -> TrainTask:
-    m = _bibae_modules(cfg, grid_shape, seed=seed)
+def _bibae_task(cfg: BIBAEConfig, grid_shape: GridShape, *, seed: int = 0, aux_modules: AuxModules = None,
+                baseline: Baseline | None = None) -> TrainTask:
+    m = _bibae_modules(cfg, grid_shape, seed=seed, baseline=baseline)
     return BIBAETask(m["bibae"], m["latent_critic"], m["main_critic"], cfg, seed=seed)  # type: ignore[arg-type]
 
 
@@ -151,16 +169,17 @@ def _bibae_sampler(modules: dict[str, nn.Module], cfg: BIBAEConfig, grid_shape: 
 
 
 # ------------------------------------------------------------------------------------------- postprocess
-def _pp_modules(cfg: PostProcessConfig, grid_shape: GridShape, *, seed: int = 0) -> dict[str, nn.Module]:
+def _pp_modules(cfg: PostProcessConfig, grid_shape: GridShape, *, seed: int = 0, baseline: Baseline | None = None
+                ) -> dict[str, nn.Module]:
     _expect(cfg, PostProcessConfig)
     grid = check_grid_shape(grid_shape)
-    return seeded_build(seed, lambda: {"bibae": BIBAE(grid, cfg.bibae),
+    return seeded_build(seed, lambda: {"bibae": BIBAE(grid, cfg.bibae, _needed(cfg.bibae, baseline)),
                                        "postprocessor": PostProcessor(grid, cfg.channels, cfg.leaky_slope)})
 
 
-def _pp_task(cfg: PostProcessConfig, grid_shape: GridShape, *, seed: int = 0, aux_modules: AuxModules = None
-             ) -> TrainTask:
-    m = _pp_modules(cfg, grid_shape, seed=seed)
+def _pp_task(cfg: PostProcessConfig, grid_shape: GridShape, *, seed: int = 0, aux_modules: AuxModules = None,
+             baseline: Baseline | None = None) -> TrainTask:
+    m = _pp_modules(cfg, grid_shape, seed=seed, baseline=baseline)
     bibae = _aux(aux_modules, "bibae")
     if bibae is not None:
         got = getattr(bibae, "cfg", None)
@@ -177,6 +196,10 @@ def _pp_task(cfg: PostProcessConfig, grid_shape: GridShape, *, seed: int = 0, au
 
 def _pp_sampler(modules: dict[str, nn.Module], cfg: PostProcessConfig, grid_shape: GridShape) -> nn.Module:
     return BIBAESampler(modules["bibae"].decoder, modules["postprocessor"]).eval()  # type: ignore[arg-type]
+
+
+def _baseline_of(norm: Normalisation) -> Baseline | None:
+    return norm.baseline_fields() if isinstance(norm, HadronNormalisation) else None
 
 
 # ------------------------------------------------------------------------------------- registry entries
@@ -202,11 +225,13 @@ class _GridModel(ModelType):
         return HadronDataConfig(files=files, crop=(7, 7), threshold_mev=0.0)
 
     # the builders on a bare grid shape (what the normalisation-level methods below call; tests use them)
-    def modules_on(self, cfg: Any, grid_shape: GridShape, *, seed: int = 0) -> dict[str, nn.Module]:
-        return type(self)._modules(cfg, grid_shape, seed=seed)
+    def modules_on(self, cfg: Any, grid_shape: GridShape, *, seed: int = 0, baseline: Baseline | None = None
+                   ) -> dict[str, nn.Module]:
+        return type(self)._modules(cfg, grid_shape, seed=seed, baseline=baseline)
 
-    def task_on(self, cfg: Any, grid_shape: GridShape, *, seed: int = 0, aux_modules: AuxModules = None) -> TrainTask:
-        return type(self)._task(cfg, grid_shape, seed=seed, aux_modules=aux_modules)
+    def task_on(self, cfg: Any, grid_shape: GridShape, *, seed: int = 0, aux_modules: AuxModules = None,
+                baseline: Baseline | None = None) -> TrainTask:
+        return type(self)._task(cfg, grid_shape, seed=seed, aux_modules=aux_modules, baseline=baseline)
 
     def sampler_on(self, modules: dict[str, nn.Module], cfg: Any, grid_shape: GridShape) -> nn.Module:
         build = type(self)._sampler
@@ -221,12 +246,12 @@ class _GridModel(ModelType):
         return HadronNormalisation.from_meta(meta, source=source)
 
     def build_modules(self, cfg: Any, norm: Normalisation, *, seed: int = 0) -> dict[str, nn.Module]:
-        return self.modules_on(cfg, norm.geometry.shape, seed=seed)
+        return self.modules_on(cfg, norm.geometry.shape, seed=seed, baseline=_baseline_of(norm))
 
     def build_task(self, cfg: Any, norm: Normalisation, *, seed: int, trainer: TrainerConfig, total_steps: int,
                    aux: dict[str, nn.Module] | None = None) -> TrainTask:
         """The GAN-style tasks own their optimisers (learning rates in the model config)."""
-        return self.task_on(cfg, norm.geometry.shape, seed=seed, aux_modules=aux)
+        return self.task_on(cfg, norm.geometry.shape, seed=seed, aux_modules=aux, baseline=_baseline_of(norm))
 
     def latent_dim(self, cfg: Any) -> int:
         if type(self)._sampler is None:
@@ -265,7 +290,7 @@ class WGANModel(_GridModel):
 
     def tiny_config(self) -> WGANConfig:
         return WGANConfig(latent_dim=6, generator_channels=[8, 4], critic_channels=[4, 8], critic_hidden=16,
-                          n_critic=2, regressor=RegressorModel().tiny_config())
+                          n_critic=2, energy_baseline=True, regressor=RegressorModel().tiny_config())
 
     def stages(self, cfg: WGANConfig) -> list[Stage]:
         return [Stage("regressor_checkpoint", "regressor", _REGRESSOR_HINT)] if cfg.regressor_weight > 0 else []
@@ -281,7 +306,7 @@ class BIBAEModel(_GridModel):
 
     def tiny_config(self) -> BIBAEConfig:
         return BIBAEConfig(latent_dim=5, encoder_channels=[4, 8], encoder_hidden=32, decoder_channels=[8, 4],
-                           critic_channels=[4, 8], critic_hidden=16, latent_critic_hidden=[16])
+                           critic_channels=[4, 8], critic_hidden=16, latent_critic_hidden=[16], energy_baseline=True)
 
 
 class PostProcessModel(_GridModel):

@@ -44,9 +44,12 @@ from mlfastsim.core import distributed as dist_utils
 from mlfastsim.core.config import StrictModel
 from mlfastsim.core.errors import ConfigError, DataError
 from mlfastsim.core.trainer import Batch, SupervisedTask
-from mlfastsim.showers.models.losses import mmd, sorted_hit_mmd
+from mlfastsim.showers.models.losses import sorted_hit_mmd, standardised_mmd
 
 GridShape = tuple[int, int, int]
+# the energy baseline of the hit head (conditioning/grid.py): (a, b) each (3, n_z, n_y, n_x), the fields
+# a + b * log(e), and log_max (n_z, n_y, n_x) or None, the largest log hit energy a cell may take
+Baseline = tuple[Any, Any, Any]
 
 
 # ------------------------------------------------------------------------------------------- configs
@@ -78,6 +81,9 @@ class WGANConfig(StrictModel):
     lr_critic: float = Field(1e-4, gt=0)
     betas: tuple[float, float] = (0.5, 0.9)
     # The generator has the occupancy-aware "hits" output (:func:`sample_hits`, hits >= 0.5 MIP).
+    # energy_baseline: add the training data's energy baseline (conditioning/grid.py) to the hit head, so
+    # the network learns residuals around the right energy scaling; false rebuilds models made before it
+    energy_baseline: bool = False
     critic_log_input: bool = True  # the critic sees log(1 + x): hit energies span four decades
     # Unpaired auxiliary generator losses that give the adversarial game a head start on a CPU budget:
     # sorted-hit MMD (the hit-energy spectrum) and an MMD of (e, log(1 + E_sum), log(1 + n_hits)).
@@ -199,10 +205,13 @@ def _hit_parts(params: torch.Tensor, threshold: float) -> tuple[torch.Tensor, to
 
 
 def sample_hits(params: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor, threshold: float, *,
-                straight_through: bool = False) -> torch.Tensor:
+                straight_through: bool = False, log_max: torch.Tensor | None = None) -> torch.Tensor:
     """A shower (B, ...) from the head (B, 3, ...) and uniforms (B, ...): hit if u1 < sigmoid(logit), its
     energy ``exp(loc + sigma * probit(v))`` with v uniform above the threshold's quantile (inverse-CDF
-    sampling of the truncated normal), so every hit is >= ``threshold``.
+    sampling of the truncated normal), so every hit is >= ``threshold``.  ``log_max`` (broadcastable to
+    the cells): also truncate above, at log E = log_max; a log-normal's upper tail is far heavier than a
+    hadron shower's hottest cells (with a log-width ~2 its 4-sigma hits were 10^4 MIP against <= 550 in
+    data, and a few such cells made the energy sum's spread five times too wide).
 
     ``straight_through``: the hit indicator's gradient is that of its probability (Bengio et al. 2013), so
     an adversarial loss can move hit probabilities; the energies are reparametrised and differentiable.
@@ -213,14 +222,19 @@ def sample_hits(params: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor, thresh
     if straight_through:
         hit = hit + p - p.detach()
     f_lo = 0.5 * (1.0 + torch.erf((lo - loc) / (sigma * math.sqrt(2.0))))
-    v = (f_lo + u2 * (1.0 - f_lo)).clamp(1e-6, 1.0 - 1e-6)
+    f_hi = 1.0 if log_max is None else 0.5 * (1.0 + torch.erf((log_max - loc) / (sigma * math.sqrt(2.0))))
+    v = (f_lo + u2 * (f_hi - f_lo)).clamp(1e-6, 1.0 - 1e-6)
     y = (loc + sigma * _probit(v)).clamp(lo, _MAX_LOG_ENERGY)
+    if log_max is not None:
+        y = torch.minimum(y, log_max)
     return hit * torch.exp(y)
 
 
-def hit_nll(params: torch.Tensor, x: torch.Tensor, threshold: float) -> torch.Tensor:
+def hit_nll(params: torch.Tensor, x: torch.Tensor, threshold: float, *, log_max: torch.Tensor | None = None
+            ) -> torch.Tensor:
     """Negative log-likelihood (B,) of showers ``x`` under the head: Bernoulli occupancy for every cell plus,
-    for hit cells, a normal in log E truncated at log(threshold).  Summed over cells (nats per shower).
+    for hit cells, a normal in log E truncated at log(threshold) (and above at ``log_max``, as
+    :func:`sample_hits`).  Summed over cells (nats per shower).
 
     Cells below the threshold (a sample read out without one) count as hits at the threshold.
     """
@@ -229,9 +243,15 @@ def hit_nll(params: torch.Tensor, x: torch.Tensor, threshold: float) -> torch.Te
     bce = F.binary_cross_entropy_with_logits(logit, occ, reduction="none")
     y = torch.log(x.clamp_min(threshold))
     zed = (y - loc) / sigma
-    # truncation: divide the density by P(log E > lo) = Phi((loc - lo) / sigma)
-    nll_e = (0.5 * zed.pow(2) + torch.log(sigma) + 0.5 * math.log(2 * math.pi)
-             + torch.special.log_ndtr((loc - lo) / sigma))
+    # truncation: divide the density by P(log E > lo) = Phi((loc - lo) / sigma), or by
+    # P(lo < log E < hi) = Phi(A) - Phi(B), A = (loc - lo) / sigma > B = (loc - hi) / sigma, in logs
+    log_mass = torch.special.log_ndtr((loc - lo) / sigma)
+    if log_max is not None:
+        y = torch.minimum(y, log_max)
+        zed = (y - loc) / sigma
+        ratio = (torch.special.log_ndtr((loc - log_max) / sigma) - log_mass).clamp_max(-1e-6)
+        log_mass = log_mass + torch.log1p(-torch.exp(ratio))
+    nll_e = 0.5 * zed.pow(2) + torch.log(sigma) + 0.5 * math.log(2 * math.pi) + log_mass
     return (bce + occ * nll_e).flatten(1).sum(dim=1)
 
 
@@ -244,11 +264,15 @@ class Generator(nn.Module):
     ``channels[0]`` is the width of the coarse grid after the dense layer; each further entry is one
     ConvTranspose3d(kernel 4, stride 2, padding 1) stage that doubles every axis (the checkerboard-free
     kernel/stride ratio of Odena et al. 2016), followed by a 3x3x3 convolution (1x1x1 after the last
-    stage with the hits output).
+    stage with the hits output).  ``baseline`` (a, b): the hit head becomes ``a + b * log(e) + network``,
+    the training data's energy dependence per layer and ring (conditioning/grid.py:
+    :func:`~mlfastsim.showers.conditioning.grid.fit_energy_baseline`), so the network starts from showers
+    of the right size at every energy and only learns the residuals.
     """
 
     def __init__(self, grid_shape: Sequence[int], latent_dim: int, channels: Sequence[int],
-                 leaky_slope: float = 0.2, *, output: str = "hits", hit_threshold: float = 0.5) -> None:
+                 leaky_slope: float = 0.2, *, output: str = "hits", hit_threshold: float = 0.5,
+                 baseline: Baseline | None = None) -> None:
         super().__init__()
         if output not in ("relu", "hits"):
             raise ConfigError(f"unknown generator output {output!r}", field="model.output", fix="use relu or hits")
@@ -273,9 +297,24 @@ class Generator(nn.Module):
             self.refine.append(nn.Conv3d(c_out, c_out, kernel_size=k, padding=k // 2))
         n_out = HIT_CHANNELS if output == "hits" else 1
         self.out = nn.Conv3d(self.channels[-1] + 1, n_out, kernel_size=k_last, padding=k_last // 2)
+        self.has_baseline = baseline is not None
+        if baseline is not None:
+            if output != "hits":
+                raise ConfigError("the energy baseline is one of the hit head's", field="model.energy_baseline",
+                                  fix="use output: hits, or set energy_baseline: false")
+            a, b = (torch.as_tensor(v, dtype=torch.float32) for v in baseline[:2])
+            if tuple(a.shape) != (HIT_CHANNELS, *self.grid_shape) or a.shape != b.shape:
+                raise ConfigError(f"energy baseline of shape {tuple(a.shape)} does not fit grid {self.grid_shape}",
+                                  field="model.energy_baseline", fix="build the model from its normalisation")
+            # from the normalisation (which travels in the checkpoint), so not saved with the weights
+            self.register_buffer("base_a", a, persistent=False)
+            self.register_buffer("base_b", b, persistent=False)
+            if baseline[2] is not None:
+                self.register_buffer("log_max", torch.as_tensor(baseline[2], dtype=torch.float32), persistent=False)
+        self.has_log_max = baseline is not None and baseline[2] is not None
         if output == "hits":
-            with torch.no_grad():  # start sparse (p ~ 2 %) with MIP-like hits, not at p = 0.5 everywhere
-                self.out.bias.copy_(torch.tensor([-4.0, 0.5, -0.5]))
+            with torch.no_grad():  # without a baseline: start sparse (p ~ 2 %) with MIP-like hits, not p = 0.5
+                self.out.bias.copy_(torch.zeros(3) if baseline is not None else torch.tensor([-4.0, 0.5, -0.5]))
             # fixed, seeded, not saved (persistent=False): rebuilt identically with the architecture
             self.register_buffer("noise_weight", noise_weight(self.latent_dim, math.prod(self.grid_shape)),
                                  persistent=False)
@@ -290,7 +329,10 @@ class Generator(nn.Module):
             h = self.act(refine(h))
         h = self.out(torch.cat([h, energy_channel(e, h)], dim=1))
         nz, ny, nx = self.grid_shape
-        return h[:, :, :nz, :ny, :nx]
+        h = h[:, :, :nz, :ny, :nx]
+        if self.has_baseline:
+            h = h + self.base_a + self.base_b * torch.log(e.clamp_min(1e-6)).reshape(-1, 1, 1, 1, 1)
+        return h
 
     def sample_from(self, params: torch.Tensor, z: torch.Tensor, *, straight_through: bool = False) -> torch.Tensor:
         """The shower for a head output of code ``z`` (uniforms from z, see :func:`hash_uniforms`)."""
@@ -299,13 +341,13 @@ class Generator(nn.Module):
         u1, u2 = hash_uniforms(z, self.noise_weight)
         shape = (-1, *self.grid_shape)
         return sample_hits(params, u1.reshape(shape), u2.reshape(shape), self.hit_threshold,
-                           straight_through=straight_through)
+                           straight_through=straight_through, log_max=self.log_max if self.has_log_max else None)
 
     def nll(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Per-shower negative log-likelihood of ``x`` (the "hits" head only)."""
         if self.output != "hits":
             raise ConfigError("a likelihood needs the hits output", field="model.output", fix="set output: hits")
-        return hit_nll(params, x, self.hit_threshold)
+        return hit_nll(params, x, self.hit_threshold, log_max=self.log_max if self.has_log_max else None)
 
     def forward(self, z: torch.Tensor, e: torch.Tensor, *, straight_through: bool = False) -> torch.Tensor:
         """(z, e) -> shower (B, n_z, n_y, n_x) in network units: a ReLU grid or sampled hits."""
@@ -534,7 +576,7 @@ class WGANTask:
         if self.cfg.hit_mmd_weight > 0:
             out["hit_mmd"] = sorted_hit_mmd(real, fake, 400, log=True)
         if self.cfg.summary_mmd_weight > 0:
-            out["summary_mmd"] = mmd(summary_features(real, e), summary_features(fake, e))
+            out["summary_mmd"] = standardised_mmd(summary_features(real, e), summary_features(fake, e))
         return out
 
     def _constraint(self, fake: torch.Tensor, e: torch.Tensor) -> torch.Tensor | None:
