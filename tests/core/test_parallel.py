@@ -80,7 +80,8 @@ def test_done_marker(tmp_path) -> None:
     out.write_bytes(b"data")
     mark_done(out, "x")
     assert is_done(out, "x") and not is_done(out, "y")
-    assert (tmp_path / ".out.h5.done.json").is_file()
+    # not HDF5: the record lives in the directory's one hidden folder, not beside the output
+    assert (tmp_path / ".mlfastsim-done" / "out.h5.json").is_file() and not (tmp_path / ".out.h5.done.json").exists()
     clear_done(out)
     assert not is_done(out, "x")
     mark_done(out, "x")

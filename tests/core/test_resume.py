@@ -179,11 +179,59 @@ def test_done_of_a_directory_and_companions(tmp_path: Path) -> None:
     assert not is_done(summary, "fp", companions=[arr])
 
 
-def test_old_marker_without_signature_is_not_trusted(tmp_path: Path) -> None:
+def test_old_marker_beside_the_output_is_not_trusted_and_removed(tmp_path: Path) -> None:
     out = tmp_path / "o.h5"
     out.write_bytes(b"x")
     (tmp_path / ".o.h5.done.json").write_text('{"fingerprint": "fp", "output": "o.h5", "info": {}}')
     assert not is_done(out, "fp")
+    assert not (tmp_path / ".o.h5.done.json").exists()  # markers no longer pile up beside outputs
+
+
+def _stamped(path: Path, fingerprint: str, values: np.ndarray, **info: object) -> None:
+    import h5py
+
+    from mlfastsim.core.resume import stamp_h5
+
+    with h5py.File(path, "w") as f:
+        f.create_dataset("showers", data=values, chunks=(2, values.shape[1]), compression="gzip")
+        f.attrs["geometry"] = "{}"
+        stamp_h5(f, fingerprint, dict(info))
+
+
+def test_hdf5_output_carries_its_own_done_stamp(tmp_path: Path) -> None:
+    import h5py
+
+    from mlfastsim.core.resume import done_info
+
+    out = tmp_path / "out.h5"
+    _stamped(out, "A", np.arange(12, dtype=np.float32).reshape(4, 3), n=4)
+    assert is_done(out, "A") and not is_done(out, "B") and done_info(out) == {"n": 4}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.h5"]  # nothing hidden beside it
+    copy = tmp_path / "copy" / "out.h5"
+    copy.parent.mkdir()
+    shutil.copy(out, copy)
+    assert is_done(copy, "A")  # a byte copy of the job's own output holds what the job wrote
+    with h5py.File(out, "r+") as f:  # an edit that keeps the stamp
+        f["showers"][1, 1] = 99.0
+    assert not is_done(out, "A")
+    with h5py.File(copy, "r+") as f:  # an edited attribute counts too
+        f.attrs["geometry"] = '{"n_r": 1}'
+    assert not is_done(copy, "A")
+    _stamped(out, "B", np.zeros((4, 3), np.float32))  # another job's file under the same name
+    assert not is_done(out, "A")
+    raw = out.read_bytes()
+    out.write_bytes(raw[: len(raw) // 2])  # a truncated copy
+    assert not is_done(out, "B")
+
+
+def test_directory_of_stamped_files_is_done_only_whole(tmp_path: Path) -> None:
+    d = tmp_path / "par04"
+    d.mkdir()
+    for name in ("a.h5", "b.h5"):
+        _stamped(d / name, "P", np.ones((2, 3), np.float32), files=["a.h5", "b.h5"])
+    assert is_done(d, "P") and not is_done(d, "Q")
+    (d / "b.h5").unlink()
+    assert not is_done(d, "P")
 
 
 def test_iter_tasks_streams_in_order_serially_and_on_dask(tmp_path: Path) -> None:

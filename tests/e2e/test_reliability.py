@@ -92,7 +92,8 @@ def _cache_of_a_killed_run(c: Ctx, plant: Callable[[Path], None]) -> list[str]:
     c.saved["clean"] = sha(out)
     import json
 
-    fingerprint = json.loads((c.tmp / ".out.h5.done.json").read_text())["fingerprint"]
+    with h5py.File(out) as f:  # the output says which job wrote it
+        fingerprint = json.loads(f.attrs["mlfastsim_job"])["fingerprint"]
     out.unlink()
     parts = c.tmp / ".out.h5.parts"
     parts.mkdir()

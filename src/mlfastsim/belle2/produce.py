@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import pandas as pd
 
@@ -40,8 +41,8 @@ from mlfastsim.core.parallel import (
     file_signatures,
     is_done,
     iter_tasks,
-    mark_done,
 )
+from mlfastsim.core.resume import stamp_h5
 
 PARTICLE_COLUMNS = ("event", "index", "mother_index", "pdg", "mother_pdg", "charge", "mass_mev", "E_mev", "px_mev",
                     "py_mev", "pz_mev", "x_mm", "y_mm", "z_mm", "t_ns", "is_final")
@@ -109,7 +110,7 @@ def produce(cfg: ProduceConfig, *, progress: bool = True) -> dict[str, Any]:
     table = load_decay_table(dec_file)  # fail early (bad DEC file) and get the report
     check_output_file(cfg.output)  # a directory, device or read-only disk fails now, not after the work
     fingerprint = config_fingerprint(cfg, file_signatures([cfg.dec_file]) if cfg.dec_file else None)
-    if is_done(cfg.output, fingerprint):  # the file holds exactly the bytes this job wrote
+    if is_done(cfg.output, fingerprint):  # its stamp names this job and still matches what the file holds
         check_h5_no_code(cfg.output, what="events file", fix=_TRUSTED_FIX)
         with pd.HDFStore(cfg.output, mode="r") as store:
             stored = getattr(store.get_storer("events").attrs, "summary_json", None)
@@ -120,12 +121,25 @@ def produce(cfg: ProduceConfig, *, progress: bool = True) -> dict[str, Any]:
     n_chunks = -(-cfg.n_events // cfg.chunk_size)
     tasks = [(dec_file, k, min(cfg.chunk_size, cfg.n_events - k * cfg.chunk_size), k * cfg.chunk_size, cfg.seed)
              for k in range(n_chunks)]
+    summary: dict[str, Any] = {}
+    with atomic_path(cfg.output) as tmp:
+        _write_events(cfg, tasks, cache, table, tmp, progress=progress, summary=summary)
+        clear_done(cfg.output)
+        with h5py.File(tmp, "r+") as f:  # "done" is the file: its root carries this job's fingerprint
+            stamp_h5(f, fingerprint)
+    cache.clear()
+    return summary
+
+
+def _write_events(cfg: ProduceConfig, tasks: list[tuple[Any, ...]], cache: TaskCache, table: Any, tmp: Path, *,
+                  progress: bool, summary: dict[str, Any]) -> None:
+    """Append every chunk's tables to the events file ``tmp`` in task order and fill ``summary``."""
     t0 = time.perf_counter()
     n_rows = 0
     n_pass = 0
     sim_cpu = 0.0
     gen_cpu = 0.0
-    with atomic_path(cfg.output) as tmp, pd.HDFStore(tmp, mode="w", complevel=1, complib="zlib") as store:
+    with pd.HDFStore(tmp, mode="w", complevel=1, complib="zlib") as store:
         # chunks in task order with a bounded number in flight: memory stays a few chunks whatever n_events
         for particles, events in iter_tasks(produce_chunk, tasks, workers=cfg.parallel.workers,
                                             scheduler=cfg.parallel.scheduler, description="produce",
@@ -138,7 +152,7 @@ def produce(cfg: ProduceConfig, *, progress: bool = True) -> dict[str, Any]:
             gen_cpu += float(events["gen_cpu_s"].sum())
             store.append("particles", particles, format="table", index=False)
             store.append("events", events, format="table", index=False, data_columns=["event", "label"])
-        summary = {
+        summary.update({
             "n_events": cfg.n_events,
             "n_particles": n_rows,
             "pass_fraction": n_pass / cfg.n_events,
@@ -148,13 +162,9 @@ def produce(cfg: ProduceConfig, *, progress: bool = True) -> dict[str, Any]:
             "seed": cfg.seed,
             "chunk_size": cfg.chunk_size,
             "decay_table": table.report(),
-        }
+        })
         # JSON text, not a Python object: PyTables pickles object attributes, and reading one back runs code
         store.get_storer("events").attrs.summary_json = json.dumps(summary)
-        clear_done(cfg.output)
-    mark_done(cfg.output, fingerprint)
-    cache.clear()
-    return summary
 
 
 # ---------------------------------------------------------------------------------------------- reading

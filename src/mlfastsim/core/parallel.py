@@ -249,8 +249,20 @@ def file_signatures(paths: Iterable[str | Path]) -> list[tuple[str, int, int]]:
     return out
 
 
+#: Config fields that name where a job writes, not what: left out of the fingerprint.
+OUTPUT_FIELDS = ("output", "output_dir")
+
+
 def config_fingerprint(cfg: Any, *extra: Any) -> str:
-    """:func:`job_fingerprint` of a pydantic config without its ``parallel`` section (and ``extra``)."""
+    """:func:`job_fingerprint` of a pydantic config without its ``parallel`` section and its output path
+    (and ``extra``).
+
+    Neither changes a byte of the output, and the fingerprint is stamped into it: files written with 1
+    or 64 workers, to ``-o a.h5`` or ``-o runs/b.h5``, stay byte for byte identical, and a copy of a
+    finished output put where the same job would write it is that job's output (done).  Caches and
+    locks are per output path anyway, so two jobs on two paths never share one."""
     dump = cfg.model_dump(mode="json")
     dump.pop("parallel", None)
+    for key in OUTPUT_FIELDS:
+        dump.pop(key, None)
     return job_fingerprint(dump, *extra)

@@ -10,12 +10,16 @@ against the output itself.
     (:mod:`mlfastsim.core.records`, never pickle) and tagged with the job fingerprint and task index.  A
     record of another job, a corrupt or truncated one, or a planted file is not used: the task is
     recomputed.  Opening a cache takes the output's job lock, so two jobs can never share one.
-:func:`mark_done` / :func:`is_done`
-    A sidecar ``.NAME.done.json`` holding the job fingerprint *and the output's signature* (size, mtime,
-    ctime, inode and SHA-256 of its bytes).  A rerun trusts it only while the output is byte-for-byte
-    the file the job wrote: ``cp``, ``generate -o`` or an edit replacing the output makes the job run
-    again.  The stat fields make the common check free; the hash decides when they differ (ctime
-    cannot be set back, so ``cp -p`` does not fool it).
+:func:`stamp_h5` / :func:`is_done` / :func:`mark_done`
+    "Done" is a property of the output itself.  An HDF5 output carries, in its root attribute
+    ``mlfastsim_job``, the fingerprint of the job that wrote it and a digest of what it holds (every
+    dataset's stored chunks and every attribute), written by the writer just before the file is renamed
+    into place.  A rerun skips the job only when that stamp names its fingerprint and the digest still
+    matches: a file replaced by ``generate -o``, another job's ``cp`` or an edit is recomputed, while a
+    byte copy of the job's own output put back in its place (``cp``, ``rsync``, a restore) is legitimately
+    done: it holds exactly what the job wrote.  Outputs that cannot carry metadata (directories of files, .npy/.json
+    sets) keep a record of the fingerprint and their signature (size, mtime, ctime, inode and SHA-256
+    of every file) in one hidden ``.mlfastsim-done/`` folder per directory, not a hidden file per output.
 """
 
 from __future__ import annotations
@@ -323,9 +327,123 @@ class TaskCache:
 
 
 # ------------------------------------------------------------------ "done" is a property of the output
-def _marker(output: str | Path) -> Path:
+#: The root attribute of an HDF5 output naming the job that wrote it (JSON: fingerprint, digest, info).
+DONE_ATTR = "mlfastsim_job"
+#: Where the done records of outputs that cannot carry metadata (directories, .npy/.json sets) live: one
+#: hidden folder per directory instead of one hidden file per output.
+DONE_DIR = ".mlfastsim-done"
+_DIGEST_BLOCK = 1 << 16  # rows per read when a dataset is not chunked
+
+
+def _legacy_marker(output: str | Path) -> Path:
     p = Path(output)
     return p.parent / f".{p.name}.done.json"
+
+
+def _marker(output: str | Path) -> Path:
+    p = Path(output)
+    return p.parent / DONE_DIR / f"{p.name}.json"
+
+
+def _drop_legacy_marker(output: str | Path) -> None:
+    """Markers of the kind that piled up beside outputs (``.NAME.done.json``) are no longer read: remove."""
+    with contextlib.suppress(OSError):
+        _legacy_marker(output).unlink()
+
+
+def _attr_bytes(value: Any) -> bytes:
+    """The bytes of an attribute value for the digest (numbers as stored, strings encoded, else repr)."""
+    import numpy as np
+
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    arr = np.asarray(value)
+    if arr.dtype.kind in "biufc":
+        return arr.dtype.str.encode() + arr.tobytes()
+    return repr(value).encode()
+
+
+def h5_digest(f: Any) -> str:
+    """SHA-256 of what an open HDF5 file holds: every dataset's name, shape, dtype and *stored* bytes
+    (chunks as written, compressed, in index order: no decompression, so a rerun's check costs one read
+    of the file), and every attribute except :data:`DONE_ATTR`.  A ``cp`` keeps it; an edit, a foreign
+    file or a damaged chunk does not."""
+    import h5py
+    import numpy as np
+
+    h = hashlib.sha256()
+
+    def attrs(name: str, obj: Any) -> None:
+        for key in sorted(obj.attrs):
+            if name == "/" and key == DONE_ATTR:
+                continue
+            try:
+                raw = _attr_bytes(obj.attrs[key])
+            except (OSError, TypeError, ValueError):  # a type h5py cannot read: its name still counts
+                raw = b"?"
+            h.update(f"{name}@{key}:{len(raw)}:".encode())
+            h.update(raw)
+
+    def visit(name: str, obj: Any) -> None:
+        attrs(name, obj)
+        if not isinstance(obj, h5py.Dataset):
+            return
+        h.update(f"{name}|{obj.shape}|{obj.dtype.str}|".encode())
+        if obj.chunks is not None:
+            for i in range(obj.id.get_num_chunks()):
+                offset = obj.id.get_chunk_info(i).chunk_offset
+                mask, raw = obj.id.read_direct_chunk(offset)
+                h.update(f"{offset}:{mask}:{len(raw)}:".encode())
+                h.update(raw)
+        elif obj.shape and obj.size:
+            for lo in range(0, obj.shape[0], _DIGEST_BLOCK):
+                h.update(np.ascontiguousarray(obj[lo : lo + _DIGEST_BLOCK]).tobytes())
+        elif obj.shape is not None and obj.size:
+            h.update(np.asarray(obj[()]).tobytes())
+
+    attrs("/", f)
+    f.visititems(visit)
+    return h.hexdigest()
+
+
+def stamp_h5(f: Any, fingerprint: str, info: dict[str, Any] | None = None) -> None:
+    """Mark an open HDF5 output (still under its temporary name) as written by the job ``fingerprint``.
+
+    Call it last, after every dataset and attribute is written: the stamp holds the :func:`h5_digest` of
+    the file, so :func:`is_done` accepts the file (or a byte copy of it) and nothing else.  ``info`` is
+    what a skipped rerun reports (e.g. the other files of a multi-file output).
+    """
+    f.flush()
+    f.attrs[DONE_ATTR] = json.dumps({"fingerprint": fingerprint, "digest": h5_digest(f), "info": info or {}})
+
+
+def read_stamp(path: str | Path) -> dict[str, Any] | None:
+    """The stamp of an HDF5 output with its digest checked against the file now (None when the file is
+    not HDF5, unreadable, unstamped, or no longer holds what was stamped)."""
+    import h5py
+
+    p = Path(path)
+    try:
+        if not p.is_file() or not h5py.is_hdf5(p):
+            return None
+        with h5py.File(p, "r") as f:
+            stamp = json.loads(f.attrs[DONE_ATTR]) if DONE_ATTR in f.attrs else None
+            if not isinstance(stamp, dict) or stamp.get("digest") != h5_digest(f):
+                return None
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError):
+        return None
+    return stamp
+
+
+def _is_h5(path: Path) -> bool:
+    import h5py
+
+    try:
+        return path.is_file() and bool(h5py.is_hdf5(path))
+    except OSError:
+        return False
 
 
 _HASH_BLOCK = 8 << 20
@@ -389,13 +507,25 @@ def _matches(output: Path, recorded: dict[str, Any], companions: list[Path]) -> 
 def is_done(output: str | Path, fingerprint: str, *, companions: Iterable[str | Path] = ()) -> bool:
     """True when ``output`` is exactly what a job with this ``fingerprint`` wrote (safe to skip).
 
-    The marker must name the fingerprint and the output must still have the recorded bytes: a file
-    replaced by ``cp``, another command or an edit is not done, whatever the marker says.
+    An HDF5 file answers for itself: its :data:`DONE_ATTR` stamp must name the fingerprint and its
+    digest must match the file now (so a file replaced by ``cp``, another command or an edit is not
+    done, while a byte copy of the job's own output is).  A stamp listing sibling files (``info.files``,
+    a Par04 directory) needs each of them stamped by the same job.  Other outputs (directories, sets of
+    .npy/.json files) are checked against a record in the directory's one hidden :data:`DONE_DIR` folder
+    holding the fingerprint and the output's signature (stat fields and SHA-256 of every file).
     """
     out = Path(output)
+    _drop_legacy_marker(out)
     comps = [Path(c) for c in companions]
     if not out.exists() or not all(c.is_file() for c in comps):
         return False
+    if not comps and _is_h5(out):
+        stamp = read_stamp(out)
+        return stamp is not None and stamp.get("fingerprint") == fingerprint
+    if out.is_dir() and not comps:
+        stamped = _stamped_dir(out, fingerprint)
+        if stamped is not None:
+            return stamped
     try:
         marker = json.loads(_marker(out).read_text())
     except (OSError, ValueError):
@@ -404,7 +534,7 @@ def is_done(output: str | Path, fingerprint: str, *, companions: Iterable[str | 
         return False
     recorded = marker.get("signature")
     if not isinstance(recorded, dict):
-        return False  # a marker of the old kind (no signature): the output cannot be trusted
+        return False
     same, unchanged = _matches(out, recorded, comps)
     if same and not unchanged:  # same bytes, new stat (touch, chmod, a copy back): refresh the fast path
         with contextlib.suppress(OSError, OutputError):
@@ -413,23 +543,64 @@ def is_done(output: str | Path, fingerprint: str, *, companions: Iterable[str | 
     return same
 
 
+def _stamped_dir(directory: Path, fingerprint: str) -> bool | None:
+    """A directory of stamped HDF5 files (a Par04 output): done when some file of the job lists the
+    job's files and every one of them carries this job's valid stamp; None when no file is stamped
+    by this job (fall back to a marker)."""
+    for p in sorted(directory.iterdir()):
+        if p.name.startswith(".") or not _is_h5(p):
+            continue
+        stamp = read_stamp(p)
+        if stamp is None or stamp.get("fingerprint") != fingerprint:
+            continue
+        files = (stamp.get("info") or {}).get("files")
+        if not isinstance(files, list) or not files:
+            return False
+        for name in files:
+            other = read_stamp(directory / str(name)) if Path(str(name)).name == str(name) else None
+            if other is None or other.get("fingerprint") != fingerprint:
+                return False
+        return True
+    return None
+
+
 def mark_done(output: str | Path, fingerprint: str, info: dict[str, Any] | None = None, *,
               companions: Iterable[str | Path] = ()) -> None:
     """Record that ``output`` (plus ``companions``, files written with it) is complete for
-    ``fingerprint``, with its signature and ``info`` (e.g. the job's counts) for a skipped rerun."""
+    ``fingerprint``, with its signature and ``info`` (e.g. the job's counts) for a skipped rerun.
+
+    For outputs that cannot carry metadata; an HDF5 output is stamped by its writer instead
+    (:func:`stamp_h5`), and this only checks that it was.
+    """
     out = Path(output)
+    _drop_legacy_marker(out)
+    if not list(companions) and _is_h5(out):
+        if read_stamp(out) is None:
+            raise OutputError("the output was written without its job stamp", file=out,
+                              fix="this is a bug in the job writing the file")
+        return
     atomic_write_json(_marker(out), {"fingerprint": fingerprint, "output": out.name, "info": info or {},
                                      "signature": output_signature(out, companions)})
 
 
 def done_info(output: str | Path) -> dict[str, Any]:
-    """The ``info`` :func:`mark_done` stored for ``output`` ({} when none)."""
+    """The ``info`` stored for a finished ``output`` ({} when none)."""
+    out = Path(output)
+    if _is_h5(out):
+        stamp = read_stamp(out)
+        return dict((stamp or {}).get("info") or {})
     try:
-        return dict(json.loads(_marker(output).read_text()).get("info") or {})
+        return dict(json.loads(_marker(out).read_text()).get("info") or {})
     except (OSError, ValueError, AttributeError, TypeError):
         return {}
 
 
 def clear_done(output: str | Path) -> None:
-    """Forget that ``output`` was finished (before rewriting it)."""
-    _marker(output).unlink(missing_ok=True)
+    """Forget that ``output`` was finished (before rewriting it): its record, and the hidden folder when
+    it is left empty.  A stamped HDF5 output needs nothing: it is replaced whole, atomically."""
+    marker = _marker(output)
+    _drop_legacy_marker(output)
+    with contextlib.suppress(OSError):
+        marker.unlink()
+    with contextlib.suppress(OSError):
+        marker.parent.rmdir()  # only when empty

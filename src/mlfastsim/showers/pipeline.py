@@ -23,14 +23,13 @@ from mlfastsim.core.parallel import (
     is_done,
     iter_tasks,
     job_lock,
-    mark_done,
-    run_tasks,
 )
 from mlfastsim.core.tracking import tracker_from_config
 from mlfastsim.showers.config import ConvertConfig, SimulateConfig, ValidateConfig
 from mlfastsim.showers.geometry import CylindricalMesh, load_detector, load_mesh, read_binning_xml
 from mlfastsim.showers.io.formats import ShowerData, read_native
 from mlfastsim.showers.io.native import StoredShowers, native_writer
+from mlfastsim.showers.io.stream import Converted
 
 
 def resolve_mesh(mesh: str | None, binning: Path | None) -> CylindricalMesh | None:
@@ -132,12 +131,13 @@ def _stream_to_file(cfg: SimulateConfig, fingerprint: str, cache: TaskCache, fn:
                     description: str, progress: bool) -> StoredShowers:
     """Append every task's showers to the output as they come (task order), mark it done, drop the cache."""
     clear_done(cfg.output)
-    with native_writer(cfg.output, mesh=mesh, energies=energies, angles=angles, meta=meta) as writer:
+    # the file carries the job's fingerprint (stamped before it is renamed into place): "done" is the file
+    with native_writer(cfg.output, mesh=mesh, energies=energies, angles=angles, meta=meta,
+                       job=fingerprint) as writer:
         for chunk in iter_tasks(fn, tasks, workers=cfg.parallel.workers, scheduler=cfg.parallel.scheduler,
                                 description=description, progress=progress, cache=cache):
             writer.append(chunk)
             del chunk
-    mark_done(cfg.output, fingerprint)
     cache.clear()
     return StoredShowers(path=cfg.output, energies=np.asarray(energies, np.float32), mesh=mesh,
                          angles=None if angles is None else np.asarray(angles, np.float32), meta=meta,
@@ -177,16 +177,20 @@ def _simulate_pions_to_file(cfg: SimulateConfig, fingerprint: str, *, progress: 
                            description=f"simulating {len(energies)} pion showers ({calo.name})", progress=progress)
 
 
-def convert_to_file(cfg: ConvertConfig, *, progress: bool = False) -> tuple[ShowerData | None, bool]:
-    """``showers convert``: read every input (one task per file, serially or on Dask), join, write.
+def convert_to_file(cfg: ConvertConfig, *, progress: bool = False) -> tuple[Converted | None, bool]:
+    """``showers convert``: plan from the inputs' small arrays, then stream blocks of rows to the output.
 
-    Returns the data written (None when skipped) and whether the output was already finished by the same
-    inputs and settings (then nothing is read or written).  A killed run resumes from the files already
-    read (``.NAME.parts`` beside the output); the output is identical whatever the worker count.
+    Memory does not grow with the number of showers (:mod:`mlfastsim.showers.io.stream`: blocks of rows
+    are tasks, serially or on Dask, appended in order; a Par04 output that needs another order goes
+    through a scratch file).  Returns what was written (None when skipped) and whether the output was
+    already finished by the same inputs and settings (then nothing is read or written: the output's
+    stamp says so, :func:`~mlfastsim.core.resume.is_done`).  A killed run resumes from its finished
+    blocks (``.NAME.parts`` beside the output); the output is identical whatever the worker count.
     """
-    from mlfastsim.core.errors import ConfigError
+    from mlfastsim.core.errors import ConfigError, MlfastsimError, OutputError
     from mlfastsim.core.parallel import file_signatures
     from mlfastsim.showers.io import formats
+    from mlfastsim.showers.io.stream import STREAM_VERSION, plan_conversion, run_conversion
 
     if cfg.target_format not in formats.WRITERS:
         raise ConfigError(f"unknown output layout {cfg.target_format!r}", field="--to",
@@ -196,31 +200,25 @@ def convert_to_file(cfg: ConvertConfig, *, progress: bool = False) -> tuple[Show
         ensure_writable_dir(cfg.output)
     else:
         check_output_file(cfg.output)  # a directory, a device or a read-only disk: refused before reading
-    # absolute paths for the tasks (a Dask worker's working directory is not ours), the given ones for
-    # the joined file's provenance
-    given = formats.expand_inputs(cfg.inputs, what=cfg.source_format)
-    paths = [p.resolve() for p in given]
-    fingerprint = config_fingerprint(cfg, file_signatures(paths))
+    # the given paths for the joined file's provenance, their absolute form for the fingerprint and tasks
+    paths = [p.resolve() for p in formats.expand_inputs(cfg.inputs, what=cfg.source_format)]
+    fingerprint = config_fingerprint(cfg, file_signatures(paths), STREAM_VERSION)
     if is_done(cfg.output, fingerprint):
         return None, True
     mesh = resolve_mesh(cfg.mesh, cfg.binning)
-    cache = TaskCache(cache_dir_for(cfg.output), fingerprint)
-    parts = run_tasks(formats.read_input_part, [(cfg.source_format, p, mesh, {}) for p in paths],
-                      workers=cfg.parallel.workers, scheduler=cfg.parallel.scheduler,
-                      description=f"reading {len(paths)} {cfg.source_format} file(s)", progress=progress,
-                      cache=cache)
-    data = formats.combine_parts(cfg.source_format, parts, given)
-    if len(data) == 0:
-        from mlfastsim.core.errors import DataError
-
-        cache.clear()  # nothing worth resuming: the inputs themselves are empty
-        raise DataError("the input file(s) hold no showers", file=given[0] if len(given) == 1 else None,
-                        field="showers", fix="convert files with at least one shower")
+    plan = plan_conversion(cfg.source_format, cfg.inputs, mesh=mesh)  # every layout checked, no shower read
+    plan.require_showers()
+    cache = TaskCache(cache_dir_for(cfg.output), fingerprint)  # takes the output's job lock
+    try:
+        written = run_conversion(plan, cfg.target_format, cfg.output, job=fingerprint, cache=cache,
+                                 workers=cfg.parallel.workers, scheduler=cfg.parallel.scheduler, progress=progress)
+    except MlfastsimError as exc:
+        if not isinstance(exc, OutputError):
+            cache.clear()  # the inputs are at fault: nothing worth resuming (a full disk keeps its blocks)
+        raise
     clear_done(cfg.output)
-    formats.WRITERS[cfg.target_format](data, cfg.output)
-    mark_done(cfg.output, fingerprint)
     cache.clear()
-    return data, False
+    return written, False
 
 
 def _simulate_pion_task(energies: np.ndarray, grid: Any, calo: Any, seed: int, first_event: int) -> np.ndarray:

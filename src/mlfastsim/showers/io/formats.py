@@ -36,10 +36,12 @@ name, and :func:`convert` (read one format from several inputs into one :class:`
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +60,16 @@ from mlfastsim.showers.io.native import (  # noqa: F401  (re-exported: the forma
     H5_SUFFIXES,
     NATIVE_FORMAT_VERSION,
     ShowerData,
-    _read_dataset,
-    _write_calochallenge_datasets,
+    _dataset_of,
+    angle_energy_order,
+    check_layout,
+    check_values,
     concat_showers,
     expand_inputs,
     guess_mesh,
+    native_writer,
     read_native,
+    read_rows,
     same_mesh,
     sort_by_angle_energy,
     write_native,
@@ -111,9 +117,9 @@ def write_calochallenge(data: ShowerData, path: str | Path, *, compression: str 
     error on float32.  The values are our float32 ones widened exactly, so reading back is lossless.
     """
     data.validate(source=path)
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            _write_calochallenge_datasets(f, data, compression, dtype=np.float64)
+    with native_writer(path, mesh=data.mesh, energies=data.energies, compression=compression,
+                       calochallenge=True) as writer:
+        writer.append(data.showers)
     return Path(path)
 
 
@@ -179,7 +185,25 @@ def _par04_energy_gev(name: str, path: Path) -> float:
     return value
 
 
-def _read_par04_file(path: Path, mesh: CylindricalMesh | None, angle: float | None) -> ShowerData:
+@dataclass
+class Par04Header:
+    """A Par04 file's layout, checked, with its showers left on disk: the angle, the mesh, the energy
+    datasets in the order a reader returns them (by energy, stably) and the ``meta`` attribute."""
+
+    path: Path
+    angle: float
+    mesh: CylindricalMesh
+    datasets: list[tuple[str, int, float]]  # (name, events, energy in MeV as float32)
+    meta: dict[str, Any]
+
+    @property
+    def n(self) -> int:
+        return sum(n for _, n, _ in self.datasets)
+
+
+def read_par04_header(path: Path, mesh: CylindricalMesh | None, angle: float | None, *,
+                      rows: int | None = None) -> Par04Header:
+    """Everything of a Par04 file but its showers, checked (``rows``: the largest block to be read)."""
     with open_h5(path, what="Par04 file") as f:
         theta = _par04_angle(f, path, angle)
         names = [k for k in f if isinstance(f[k], h5py.Dataset)]
@@ -189,24 +213,22 @@ def _read_par04_file(path: Path, mesh: CylindricalMesh | None, angle: float | No
                 file=path, field="datasets", fix="pass a Par04 file (one dataset per energy)",
             )
         keyed = sorted(((_par04_energy_gev(k, path), k) for k in names), key=lambda t: t[0])
-        energies, showers = [], []
+        datasets = []
         for gev, key in keyed:
-            arr = _read_dataset(f, key, path)
-            if arr.ndim != 4:
+            ds = _dataset_of(f, key, path, rows=rows)
+            if ds.ndim != 4:
                 raise DataError(
-                    f"dataset has shape {arr.shape}, expected (N, R, PHI, Z)",
+                    f"dataset has shape {ds.shape}, expected (N, R, PHI, Z)",
                     file=path, field=key, fix="Par04 showers are 4-D: events x radial x azimuthal x depth",
                 )
             if mesh is None:
-                mesh = _par04_mesh(f, path, tuple(arr.shape[1:]))
-            if tuple(arr.shape[1:]) != (mesh.n_r, mesh.n_phi, mesh.n_z):
+                mesh = _par04_mesh(f, path, tuple(ds.shape[1:]))
+            if tuple(ds.shape[1:]) != (mesh.n_r, mesh.n_phi, mesh.n_z):
                 raise DataError(
-                    f"(R, PHI, Z) = {tuple(arr.shape[1:])} does not match the mesh {mesh.describe()}",
+                    f"(R, PHI, Z) = {tuple(ds.shape[1:])} does not match the mesh {mesh.describe()}",
                     file=path, field=key, fix="pass the geometry the file was made with (--mesh)",
                 )
-            # (N, R, PHI, Z) -> (N, Z, PHI, R): the axis reorder, then the mesh's one reshape.
-            showers.append(mesh.to_flat(np.ascontiguousarray(np.transpose(arr, (0, 3, 2, 1)))))
-            energies.append(np.full(arr.shape[0], np.float32(gev * 1000.0), dtype=np.float32))
+            datasets.append((key, int(ds.shape[0]), float(np.float32(gev * 1000.0))))
         meta: dict[str, Any] = {}
         if "meta" in f.attrs:
             try:
@@ -214,11 +236,29 @@ def _read_par04_file(path: Path, mesh: CylindricalMesh | None, angle: float | No
             except json.JSONDecodeError:
                 meta = {}
     assert mesh is not None  # set by the first dataset; names is not empty
-    e = np.concatenate(energies)
-    data = ShowerData(
-        energies=e, showers=np.concatenate(showers), mesh=mesh, angles=np.full(e.shape, theta), meta=meta
-    )
-    return data.validate(source=path)
+    head = Par04Header(path=path, angle=theta, mesh=mesh, datasets=datasets, meta=meta)
+    energies = np.concatenate([np.full(n, e, dtype=np.float32) for _, n, e in datasets])
+    check_layout((head.n, mesh.n_voxels), mesh, energies, np.full(head.n, theta, dtype=np.float32), source=path)
+    return head
+
+
+def read_par04_rows(f: h5py.File, path: Path, key: str, mesh: Mesh, lo: int | None = None,
+                    hi: int | None = None) -> np.ndarray:
+    """Rows ``[lo, hi)`` of one energy dataset of a Par04 file as flat native rows (N, n_voxels), checked."""
+    arr = read_rows(f[key], path, lo, hi)
+    # (N, R, PHI, Z) -> (N, Z, PHI, R): the axis reorder, then the mesh's one reshape.
+    rows = mesh.to_flat(np.ascontiguousarray(np.transpose(arr, (0, 3, 2, 1))))
+    check_values(rows, key, source=path, first_row=lo or 0)
+    return rows
+
+
+def _read_par04_file(path: Path, mesh: CylindricalMesh | None, angle: float | None) -> ShowerData:
+    head = read_par04_header(path, mesh, angle)
+    with open_h5(path, what="Par04 file") as f:
+        showers = [read_par04_rows(f, path, key, head.mesh) for key, _, _ in head.datasets]
+    energies = np.concatenate([np.full(n, e, dtype=np.float32) for _, n, e in head.datasets])
+    return ShowerData(energies=energies, showers=np.concatenate(showers), mesh=head.mesh,
+                      angles=np.full(energies.shape, head.angle), meta=head.meta)
 
 
 def read_par04(
@@ -236,15 +276,159 @@ def read_par04(
     return sort_by_angle_energy(concat_showers(parts, paths))
 
 
-def _par04_stem(data: ShowerData, name: str | None) -> str:
+def _par04_stem(meta: dict[str, Any], mesh: Mesh, name: str | None) -> str:
     if name:
         return name
-    det = data.meta.get("detector")
+    det = meta.get("detector")
     if isinstance(det, dict) and det.get("name"):
         return str(det["name"])
     if isinstance(det, str) and det:
         return det
-    return data.mesh.name
+    return mesh.name
+
+
+def par04_targets(distinct_angles: np.ndarray, out: str | Path, stem: str) -> dict[float, Path]:
+    """The file of each angle: ``out`` is a directory, a pattern containing ``{angle}`` or a single .h5
+    file (refused for several angles; an existing directory is always a directory)."""
+    pattern = str(out)
+    if "{angle}" not in pattern:
+        if Path(pattern).suffix.lower() in H5_SUFFIXES and not Path(pattern).is_dir():
+            if distinct_angles.size > 1:
+                raise ConfigError(
+                    f"{distinct_angles.size} distinct angles need one file each, but a single file was given",
+                    field="output", fix="pass a directory or a pattern containing {angle}",
+                )
+        else:
+            pattern = str(Path(pattern) / f"{stem}_angle_{{angle}}.h5")
+    return {float(t): Path(pattern.format(angle=format_number(t))) for t in distinct_angles}
+
+
+class Par04Writer:
+    """Showers appended in (angle, energy) order to Par04 files, one per angle, one dataset per energy:
+    memory for one block, whatever the number of showers.  Made by :func:`par04_writer`."""
+
+    def __init__(self, groups: list[tuple[float, float, int]], targets: dict[float, Path], mesh: Mesh,
+                 attrs: dict[str, Any], compression: str | None, job: str | None,
+                 publish: contextlib.ExitStack) -> None:
+        self._groups = groups  # (angle, energy MeV, rows) in output order
+        self._targets = targets
+        self._mesh = mesh
+        self._attrs = attrs
+        self._kw: dict[str, Any] = {"compression": compression} if compression else {}
+        self._job = job
+        self._publish = publish  # every file's atomic rename, all at the end
+        self._file: contextlib.ExitStack | None = None
+        self._f: h5py.File | None = None
+        self._guard: Any = None
+        self._angle: float | None = None
+        self._g = -1  # current group
+        self._pos = 0  # rows written into it
+        self.written = 0
+        self.n = sum(g[2] for g in groups)
+        self.paths: list[Path] = []
+
+    def _next_group(self) -> None:
+        from mlfastsim.core.io import guarded_h5
+
+        self._g += 1
+        self._pos = 0
+        angle, energy, rows = self._groups[self._g]
+        if angle != self._angle:
+            self._close_file()
+            tmp = self._publish.enter_context(atomic_path(self._targets[angle]))
+            self._file = contextlib.ExitStack()
+            chunk_bytes = min(rows, 256) * self._mesh.n_voxels * 4
+            self._f, self._guard = self._file.enter_context(
+                guarded_h5(tmp, rdcc_nbytes=3 * chunk_bytes + (1 << 20), rdcc_nslots=10007, rdcc_w0=1.0))
+            self._f.attrs["angle_deg"] = np.float32(angle)
+            for key, value in self._attrs.items():
+                self._f.attrs[key] = value
+            self._angle = angle
+        assert self._f is not None
+        shape = (rows, self._mesh.n_r, self._mesh.n_phi, self._mesh.n_z)  # type: ignore[attr-defined]
+        self._f.create_dataset(format_number(energy / 1000.0), shape=shape, dtype=np.float32,
+                               chunks=(min(rows, 256), *shape[1:]), **self._kw)
+
+    def _close_file(self) -> None:
+        from mlfastsim.core.resume import stamp_h5
+
+        if self._file is None:
+            return
+        assert self._f is not None
+        if self._job is not None:
+            stamp_h5(self._f, self._job, {"files": sorted({p.name for p in self._targets.values()})})
+        self._guard.check()
+        self._file.close()  # the HDF5 file; its rename waits for the last file
+        self._file = self._f = None
+
+    def append(self, showers: np.ndarray) -> None:
+        """Write the next rows (flat native rows, in output order)."""
+        rows = np.asarray(showers, dtype=np.float32)
+        if rows.ndim != 2 or rows.shape[1] != self._mesh.n_voxels or self.written + len(rows) > self.n:
+            raise DataError(f"block of shape {rows.shape} does not fit the Par04 output at row {self.written}",
+                            field="showers", fix="this is a bug in the job writing the files")
+        done = 0
+        while done < len(rows):
+            if self._g < 0 or self._pos == self._groups[self._g][2]:
+                self._next_group()
+            assert self._f is not None
+            _, energy, size = self._groups[self._g]
+            take = min(size - self._pos, len(rows) - done)
+            # (N, Z, PHI, R) -> (N, R, PHI, Z): the Par04 axis order.
+            block = np.transpose(self._mesh.to_grid(rows[done : done + take]), (0, 3, 2, 1))
+            self._f[format_number(energy / 1000.0)][self._pos : self._pos + take] = block
+            self._guard.check()
+            self._pos += take
+            done += take
+        self.written += len(rows)
+
+    def finish(self) -> list[Path]:
+        if self.written != self.n:
+            raise DataError(f"only {self.written} of {self.n} showers were written", field="showers",
+                            fix="this is a bug in the job writing the files")
+        self._close_file()
+        self.paths = [self._targets[a] for a in dict.fromkeys(g[0] for g in self._groups)]
+        return self.paths
+
+    def abort(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(Exception):
+                self._file.close()
+            self._file = self._f = None
+
+
+@contextlib.contextmanager
+def par04_writer(out: str | Path, *, mesh: Mesh, energies: np.ndarray, angles: np.ndarray, meta: dict[str, Any],
+                 name: str | None = None, compression: str | None = "gzip",
+                 job: str | None = None) -> Iterator[Par04Writer]:
+    """Open the Par04 output for streaming: ``energies`` and ``angles`` are those of the rows that will be
+    appended, already in (angle, energy) order.  Every file is written under a temporary name and all
+    are renamed into place at the end, so a failure anywhere publishes none of them.  With ``job`` each
+    file is stamped as that job's output and lists its sibling files (a rerun checks all of them)."""
+    energies = np.asarray(energies, dtype=np.float32).reshape(-1)
+    angles = np.asarray(angles, dtype=np.float32).reshape(-1)
+    if energies.size and not (np.all(np.diff(angles) >= 0)
+                              and np.all((np.diff(energies) >= 0) | (np.diff(angles) > 0))):
+        raise DataError("rows are not in (angle, energy) order", field="showers",
+                        fix="this is a bug in the job writing the files")
+    edges = np.flatnonzero((np.diff(angles) != 0) | (np.diff(energies) != 0)) + 1
+    starts = np.concatenate([[0], edges]).astype(np.int64)
+    stops = np.concatenate([edges, [energies.size]]).astype(np.int64)
+    groups = [(float(angles[a]), float(energies[a]), int(b - a)) for a, b in zip(starts, stops, strict=True)
+              if b > a]
+    targets = par04_targets(np.unique(angles), out, _par04_stem(meta, mesh, name))
+    attrs: dict[str, Any] = {"geometry": json.dumps(mesh.to_dict()), "axis_order": "N,R,PHI,Z",
+                             "units": "dataset name: incident energy in GeV; values: MeV"}
+    if meta:
+        attrs["meta"] = json.dumps(meta, default=str)
+    with contextlib.ExitStack() as publish:
+        writer = Par04Writer(groups, targets, mesh, attrs, compression, job, publish)
+        try:
+            yield writer
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
 
 
 def write_par04(
@@ -262,46 +446,18 @@ def write_par04(
     a single ``.h5`` file when all showers share one angle (an existing directory is always a directory).
     Missing directories are created.  Showers without angles are written as
     ``default_angle`` (90 = normal incidence, as CaloChallenge datasets 2/3).  Within a dataset events
-    keep their relative order.  Each file is written atomically; the set of files is not.
-    Files also carry ``angle_deg``, ``geometry`` and ``meta`` attributes, which plain Par04 readers ignore.
+    keep their relative order.  Every file is written under a temporary name and all are renamed at the
+    end.  Files also carry ``angle_deg``, ``geometry`` and ``meta`` attributes, which plain Par04 readers
+    ignore.
     """
     data.validate(source=out)
     angles = data.angles if data.angles is not None else np.full(len(data), default_angle, dtype=np.float32)
-    distinct = np.unique(angles)
-    pattern = str(out)
-    if "{angle}" not in pattern:
-        if Path(pattern).suffix.lower() in H5_SUFFIXES and not Path(pattern).is_dir():
-            if distinct.size > 1:
-                raise ConfigError(
-                    f"{distinct.size} distinct angles need one file each, but a single file was given",
-                    field="output", fix="pass a directory or a pattern containing {angle}",
-                )
-        else:
-            pattern = str(Path(pattern) / f"{_par04_stem(data, name)}_angle_{{angle}}.h5")
-    geometry = json.dumps(data.mesh.to_dict())
-    meta = json.dumps(data.meta, default=str) if data.meta else None
-    grid = data.grid
-    written: list[Path] = []
-    for theta in distinct:
-        in_angle = np.flatnonzero(angles == theta)
-        target = Path(pattern.format(angle=format_number(theta)))
-        with atomic_path(target) as tmp:
-            with h5py.File(tmp, "w") as f:
-                for energy in np.unique(data.energies[in_angle]):
-                    rows = in_angle[data.energies[in_angle] == energy]
-                    # (N, Z, PHI, R) -> (N, R, PHI, Z): the Par04 axis order.
-                    block = np.ascontiguousarray(np.transpose(grid[rows], (0, 3, 2, 1)))
-                    kw = {"compression": compression} if compression else {}
-                    gev = format_number(float(energy) / 1000.0)
-                    f.create_dataset(gev, data=block, chunks=(min(len(rows), 256), *block.shape[1:]), **kw)
-                f.attrs["angle_deg"] = np.float32(theta)
-                f.attrs["geometry"] = geometry
-                f.attrs["axis_order"] = "N,R,PHI,Z"
-                f.attrs["units"] = "dataset name: incident energy in GeV; values: MeV"
-                if meta is not None:
-                    f.attrs["meta"] = meta
-        written.append(target)
-    return written
+    order = angle_energy_order(data.energies, angles)
+    with par04_writer(out, mesh=data.mesh, energies=data.energies[order], angles=angles[order], meta=data.meta,
+                      name=name, compression=compression) as writer:
+        for lo in range(0, len(order), 4096):
+            writer.append(data.showers[order[lo : lo + 4096]])
+    return writer.paths
 
 
 # --------------------------------------------------------------------------------------------- hits
@@ -402,34 +558,3 @@ def write(to_format: str, data: ShowerData, out: str | Path, **options: Any) -> 
     given = {k: v for k, v in options.items() if v is not None}
     _check_options(writer, to_format, given)
     return writer(data, out, **given)
-
-
-# ------------------------------------------------------------------------------ file-parallel reading
-def read_input_part(source_format: str, path: str | Path, mesh: Mesh | None, options: dict[str, Any]) -> Any:
-    """Read one input file of a conversion: a task of a parallel ``showers convert`` (one per file).
-
-    Returns what :func:`combine_parts` joins: a :class:`ShowerData`, or for hits the voxelisation parts
-    (showers, outside-mesh counts, normal), so the joined result equals reading all files at once.
-    """
-    if source_format == "hits":
-        from mlfastsim.showers.sim.voxelise import DEFAULT_CHUNK_HITS, read_hits_part
-
-        if mesh is None:
-            read_hits_files([path], mesh=None)  # raises the reader's own "needs a mesh" error
-        return read_hits_part(path, mesh, chunk_hits=options.get("chunk_hits") or DEFAULT_CHUNK_HITS)
-    return convert(source_format, [path], mesh=mesh, **options)
-
-
-def combine_parts(source_format: str, parts: Sequence[Any], paths: Sequence[Path]) -> ShowerData:
-    """Join per-file parts in file order exactly as the format's reader joins its files.
-
-    Par04 sorts by (angle, energy) with a stable sort, so sorting the concatenation of per-file sorted
-    parts gives the same order as sorting the concatenation of the raw files.
-    """
-    if source_format == "hits":
-        from mlfastsim.showers.sim.voxelise import combine_hits
-
-        return combine_hits(parts, paths)
-    data = concat_showers(list(parts), list(paths))
-    return sort_by_angle_energy(data) if source_format == "par04" else data
-

@@ -69,61 +69,75 @@ class ShowerData:
 
     def validate(self, *, source: str | Path | None = None) -> ShowerData:
         """Check shapes and physical sanity; raise a :class:`DataError` naming the field if broken."""
-        n = len(self)
         if self.showers.ndim != 2:
             raise DataError(
                 f"showers must be 2-D (N, n_voxels), got shape {self.showers.shape}",
                 file=source, field="showers", fix="store one flattened shower per row",
             )
-        if self.showers.shape[0] != n:
-            raise DataError(
-                f"{self.showers.shape[0]} showers but {n} incident energies",
-                file=source, field="incident_energies", fix="store one incident energy per shower",
-            )
-        if self.showers.shape[1] != self.mesh.n_voxels:
-            raise DataError(
-                f"showers have {self.showers.shape[1]} voxels but the geometry {self.mesh.describe()} "
-                f"has {self.mesh.n_voxels}",
-                file=source, field="showers", fix="pass the matching geometry (--mesh or --binning)",
-            )
-        if self.angles is not None and self.angles.shape[0] != n:
-            raise DataError(
-                f"{self.angles.shape[0]} incident angles but {n} showers",
-                file=source, field="incident_angles", fix="store one angle per shower",
-            )
-        if self.angles is not None and not np.isfinite(self.angles).all():
-            row = int(np.argwhere(~np.isfinite(self.angles))[0][0])
-            raise DataError(
-                f"NaN/inf incident angle, first in row {row}",
-                file=source, field="incident_angles", fix="remove or repair the broken events",
-            )
-        if self.angles is not None and ((self.angles < 0) | (self.angles > 180)).any():
-            row = int(np.argwhere((self.angles < 0) | (self.angles > 180))[0][0])
-            raise DataError(
-                f"incident angle {float(self.angles[row]):g} degrees is outside 0..180, first in row {row}",
-                file=source, field="incident_angles", fix="store angles in degrees (90 = normal incidence)",
-            )
-        for name, arr in (("incident_energies", self.energies), ("showers", self.showers)):
-            bad = ~np.isfinite(arr)
-            if bad.any():
-                row = int(np.argwhere(bad)[0][0])
-                raise DataError(
-                    f"{int(bad.sum())} NaN/inf value(s), first in row {row}",
-                    file=source, field=name, fix="remove or repair the broken events",
-                )
-            if (arr < 0).any():
-                row = int(np.argwhere(arr < 0)[0][0])
-                raise DataError(
-                    f"{int((arr < 0).sum())} negative energy value(s), first in row {row}",
-                    file=source, field=name, fix="energies must be >= 0 MeV",
-                )
-        if (self.energies <= 0).any():
-            row = int(np.argwhere(self.energies <= 0)[0][0])
-            raise DataError(
-                f"incident energy must be > 0 (row {row})",
-                file=source, field="incident_energies", fix="remove events with zero incident energy",
-            )
+        check_layout(self.showers.shape, self.mesh, self.energies, self.angles, source=source)
+        check_values(self.showers, "showers", source=source)
         return self
+
+
+def check_layout(shape: tuple[int, ...], mesh: Mesh, energies: np.ndarray, angles: np.ndarray | None, *,
+                 source: str | Path | None = None) -> None:
+    """Everything :meth:`ShowerData.validate` checks except the cell values: the showers' (N, n_voxels)
+    ``shape`` against the energies, angles and mesh, and the per-shower energies and angles.
+
+    Split out so that a streaming job checks a whole file's layout before reading a single shower, and
+    the cells block by block (:func:`check_values`)."""
+    n = int(energies.shape[0])
+    if shape[0] != n:
+        raise DataError(
+            f"{shape[0]} showers but {n} incident energies",
+            file=source, field="incident_energies", fix="store one incident energy per shower",
+        )
+    if shape[1] != mesh.n_voxels:
+        raise DataError(
+            f"showers have {shape[1]} voxels but the geometry {mesh.describe()} has {mesh.n_voxels}",
+            file=source, field="showers", fix="pass the matching geometry (--mesh or --binning)",
+        )
+    if angles is not None and angles.shape[0] != n:
+        raise DataError(
+            f"{angles.shape[0]} incident angles but {n} showers",
+            file=source, field="incident_angles", fix="store one angle per shower",
+        )
+    if angles is not None and not np.isfinite(angles).all():
+        row = int(np.argwhere(~np.isfinite(angles))[0][0])
+        raise DataError(
+            f"NaN/inf incident angle, first in row {row}",
+            file=source, field="incident_angles", fix="remove or repair the broken events",
+        )
+    if angles is not None and ((angles < 0) | (angles > 180)).any():
+        row = int(np.argwhere((angles < 0) | (angles > 180))[0][0])
+        raise DataError(
+            f"incident angle {float(angles[row]):g} degrees is outside 0..180, first in row {row}",
+            file=source, field="incident_angles", fix="store angles in degrees (90 = normal incidence)",
+        )
+    check_values(energies, "incident_energies", source=source)
+    if (energies <= 0).any():
+        row = int(np.argwhere(energies <= 0)[0][0])
+        raise DataError(
+            f"incident energy must be > 0 (row {row})",
+            file=source, field="incident_energies", fix="remove events with zero incident energy",
+        )
+
+
+def check_values(arr: np.ndarray, name: str, *, source: str | Path | None = None, first_row: int = 0) -> None:
+    """No NaN/inf and no negative energy in ``arr`` (rows numbered from ``first_row`` in the message)."""
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        row = first_row + int(np.argwhere(bad)[0][0])
+        raise DataError(
+            f"{int(bad.sum())} NaN/inf value(s), first in row {row}",
+            file=source, field=name, fix="remove or repair the broken events",
+        )
+    if (arr < 0).any():
+        row = first_row + int(np.argwhere(arr < 0)[0][0])
+        raise DataError(
+            f"{int((arr < 0).sum())} negative energy value(s), first in row {row}",
+            file=source, field=name, fix="energies must be >= 0 MeV",
+        )
 
 
 def guess_mesh(n_voxels: int, *, source: str | Path | None = None) -> CylindricalMesh:
@@ -204,16 +218,30 @@ class NativeWriter:
         self.written = lo + rows.shape[0]
         self._check()
 
+    def set_meta(self, meta: dict[str, Any]) -> None:
+        """Replace the ``meta`` attribute (a job that learns its provenance while streaming, e.g. the
+        voxelisation counts of a hits conversion, writes it before the file is closed)."""
+        if meta:
+            self._f.attrs["meta"] = json.dumps(meta, default=str)
+        elif "meta" in self._f.attrs:
+            del self._f.attrs["meta"]
+
 
 @contextlib.contextmanager
 def native_writer(path: str | Path, *, mesh: Mesh, energies: np.ndarray, angles: np.ndarray | None = None,
-                  meta: dict[str, Any] | None = None, compression: str | None = "gzip") -> Iterator[NativeWriter]:
+                  meta: dict[str, Any] | None = None, compression: str | None = "gzip", job: str | None = None,
+                  calochallenge: bool = False) -> Iterator[NativeWriter]:
     """Open a native file for streaming (written under a temporary name, renamed into place on success).
 
     The layout is that of :func:`write_native` (same datasets, chunks and attributes), so readers see
     no difference; the HDF5 chunk cache holds a few chunks so that a task boundary inside an HDF5 chunk
     never rewrites a compressed chunk (the bytes do not depend on the task size's alignment).
+    ``calochallenge`` writes the plain CaloChallenge layout instead (float64 ``incident_energies`` and
+    ``showers`` only, as :func:`~mlfastsim.showers.io.formats.write_calochallenge`).  With ``job`` (a
+    job fingerprint) the finished file is stamped as that job's output (:func:`mlfastsim.core.resume.stamp_h5`).
     """
+    from mlfastsim.core.resume import stamp_h5
+
     p = Path(path)
     energies = np.asarray(energies, dtype=np.float32).reshape(-1)
     n = int(energies.size)
@@ -225,27 +253,32 @@ def native_writer(path: str | Path, *, mesh: Mesh, energies: np.ndarray, angles:
     if n == 0 or not np.isfinite(energies).all() or (energies <= 0).any():
         raise DataError("incident energies must be finite and > 0, at least one", file=p,
                         field="incident_energies", fix="check the requested energies")
+    dtype = np.float64 if calochallenge else np.float32
     chunk_rows = min(n, 256) or 1
-    chunk_bytes = chunk_rows * mesh.n_voxels * 4
+    chunk_bytes = chunk_rows * mesh.n_voxels * np.dtype(dtype).itemsize
     kw: dict[str, Any] = {"compression": compression} if compression else {}
     with atomic_path(p) as tmp:
         # guarded: a full disk mid-stream is one clean error, never an HDF5 error storm or a segfault
         with guarded_h5(tmp, rdcc_nbytes=3 * chunk_bytes + (1 << 20), rdcc_nslots=10007,
                         rdcc_w0=1.0) as (f, guard):
-            f.create_dataset("incident_energies", data=energies.reshape(-1, 1), **kw)
-            f.create_dataset("showers", shape=(n, mesh.n_voxels), dtype=np.float32,
+            f.create_dataset("incident_energies", data=energies.reshape(-1, 1).astype(dtype), **kw)
+            f.create_dataset("showers", shape=(n, mesh.n_voxels), dtype=dtype,
                              chunks=(chunk_rows, mesh.n_voxels), **kw)
-            if angles is not None:
-                f.create_dataset("incident_angles", data=angles.reshape(-1, 1), **kw)
-            f.attrs["mlfastsim_format_version"] = NATIVE_FORMAT_VERSION
-            f.attrs["geometry"] = json.dumps(mesh.to_dict())
-            if meta:
-                f.attrs["meta"] = json.dumps(meta, default=str)
+            if not calochallenge:
+                if angles is not None:
+                    f.create_dataset("incident_angles", data=angles.reshape(-1, 1), **kw)
+                f.attrs["mlfastsim_format_version"] = NATIVE_FORMAT_VERSION
+                f.attrs["geometry"] = json.dumps(mesh.to_dict())
+                if meta:
+                    f.attrs["meta"] = json.dumps(meta, default=str)
             writer = NativeWriter(f, p, n, mesh.n_voxels, guard.check)
             yield writer
             if writer.written != n:
                 raise DataError(f"only {writer.written} of {n} showers were written", file=p, field="showers",
                                 fix="this is a bug in the job writing the file")
+            if job is not None:
+                stamp_h5(f, job)
+            guard.check()
 
 
 class ShowerRows:
@@ -323,7 +356,9 @@ class StoredShowers:
         return cls(path=p, energies=energies, mesh=mesh, angles=angles, meta=meta)
 
 
-def _read_dataset(f: h5py.File, key: str, path: Path) -> np.ndarray:
+def _dataset_of(f: h5py.File, key: str, path: Path, *, rows: int | None = None) -> h5py.Dataset:
+    """Dataset ``key`` of a shower file, its declared shape checked against its stored bytes and the
+    memory a read of it (or of its first ``rows`` rows) needs."""
     try:
         ds = f[key]
     except KeyError:
@@ -336,36 +371,52 @@ def _read_dataset(f: h5py.File, key: str, path: Path) -> np.ndarray:
                              fix="pass a native or CaloChallenge shower file")
     # a declared shape the file's bytes cannot back (a forged 1.6 KB file declaring 4.7 TiB), or one
     # that cannot fit in memory: refused before numpy allocates anything
-    check_h5_dataset(ds, file=path, field=key)
+    check_h5_dataset(ds, file=path, field=key, rows=rows)
+    return ds
+
+
+def read_rows(ds: h5py.Dataset, path: Path, lo: int | None = None, hi: int | None = None) -> np.ndarray:
+    """Rows ``[lo, hi)`` of a dataset (everything by default) as float32, one clean error if unreadable."""
     try:
-        return np.asarray(ds[()], dtype=np.float32)
-    except KeyError:
-        raise InputFileError(
-            f"missing dataset {key!r} (found: {', '.join(f.keys()) or 'nothing'})",
-            file=path, field=key, fix="pass a native or CaloChallenge shower file",
-        ) from None
+        return np.asarray(ds[()] if lo is None else ds[lo:hi], dtype=np.float32)
     except (OSError, TypeError, ValueError) as exc:
+        key = ds.name.lstrip("/")
         raise InputFileError(
             f"dataset {key!r} cannot be read ({exc})", file=path, field=key, fix="re-create the file"
         ) from exc
 
 
-def read_native(path: str | Path, *, mesh: Mesh | None = None) -> ShowerData:
-    """Read a native (or plain CaloChallenge) shower file and validate it.
+def _read_dataset(f: h5py.File, key: str, path: Path) -> np.ndarray:
+    return read_rows(_dataset_of(f, key, path), path)
 
-    ``mesh`` overrides the geometry stored in the file (e.g. from ``--binning``); without either, the
-    mesh is inferred from the voxel count of the presets.
-    """
+
+@dataclass
+class ShowerHeader:
+    """A native or CaloChallenge file with its layout, mesh and per-shower arrays read and checked, and
+    the showers left on disk: what a streaming conversion plans with (rows are read block by block)."""
+
+    path: Path
+    shape: tuple[int, int]
+    mesh: Mesh
+    energies: np.ndarray
+    angles: np.ndarray | None
+    meta: dict[str, Any]
+
+
+def read_native_header(path: str | Path, *, mesh: Mesh | None = None, rows: int | None = None) -> ShowerHeader:
+    """Everything of a native (or plain CaloChallenge) file but its showers, checked as :func:`read_native`
+    checks it (``rows``: the largest block that will be read, for the memory check)."""
     p = Path(path)
     with open_h5(p, what="shower file") as f:
         energies = _read_dataset(f, "incident_energies", p)
-        showers = _read_dataset(f, "showers", p)
+        ds = _dataset_of(f, "showers", p, rows=rows)
+        shape = tuple(int(x) for x in ds.shape)
         angles = _read_dataset(f, "incident_angles", p) if "incident_angles" in f else None
         geometry = f.attrs.get("geometry")
         meta_raw = f.attrs.get("meta")
-    if showers.ndim != 2:
+    if len(shape) != 2:
         raise DataError(
-            f"showers must be 2-D (N, n_voxels), got shape {showers.shape}",
+            f"showers must be 2-D (N, n_voxels), got shape {shape}",
             file=p, field="showers", fix="store one flattened shower per row",
         )
     if mesh is None:
@@ -377,7 +428,7 @@ def read_native(path: str | Path, *, mesh: Mesh | None = None) -> ShowerData:
                     "geometry attribute is not valid JSON", file=p, field="geometry", fix="re-create the file"
                 ) from exc
         else:
-            mesh = guess_mesh(showers.shape[1], source=p)
+            mesh = guess_mesh(shape[1], source=p)
     meta: dict[str, Any] = {}
     if meta_raw is not None:
         try:
@@ -389,8 +440,23 @@ def read_native(path: str | Path, *, mesh: Mesh | None = None) -> ShowerData:
             f"incident_energies must have shape (N, 1), got {energies.shape}",
             file=p, field="incident_energies", fix="store one incident energy per shower",
         )
-    data = ShowerData(energies=energies, showers=showers, mesh=mesh, angles=angles, meta=meta)
-    return data.validate(source=p)
+    energies = energies.reshape(-1)
+    angles = None if angles is None else angles.reshape(-1)
+    check_layout((shape[0], shape[1]), mesh, energies, angles, source=p)
+    return ShowerHeader(path=p, shape=(shape[0], shape[1]), mesh=mesh, energies=energies, angles=angles, meta=meta)
+
+
+def read_native(path: str | Path, *, mesh: Mesh | None = None) -> ShowerData:
+    """Read a native (or plain CaloChallenge) shower file and validate it.
+
+    ``mesh`` overrides the geometry stored in the file (e.g. from ``--binning``); without either, the
+    mesh is inferred from the voxel count of the presets.
+    """
+    head = read_native_header(path, mesh=mesh)
+    with open_h5(head.path, what="shower file") as f:
+        showers = read_rows(f["showers"], head.path)
+    check_values(showers, "showers", source=head.path)
+    return ShowerData(energies=head.energies, showers=showers, mesh=head.mesh, angles=head.angles, meta=head.meta)
 
 
 # ------------------------------------------------------------------------------------ shared helpers
@@ -446,17 +512,7 @@ def concat_showers(parts: Sequence[ShowerData], sources: Sequence[str | Path]) -
     first = parts[0]
     if len(parts) == 1:
         return first
-    for part, src in zip(parts[1:], sources[1:], strict=True):
-        if not same_mesh(part.mesh, first.mesh):
-            raise DataError(
-                f"geometry {part.mesh.describe()} differs from {first.mesh.describe()} of {sources[0]}",
-                file=src, field="geometry", fix="convert files of one geometry at a time",
-            )
-        if (part.angles is None) != (first.angles is None):
-            raise DataError(
-                f"incident angles present in some inputs but not in others (compare with {sources[0]})",
-                file=src, field="incident_angles", fix="convert files with and without angles separately",
-            )
+    check_joinable([p.mesh for p in parts], [p.angles is not None for p in parts], sources)
     meta = dict(first.meta)
     meta["inputs"] = [str(s) for s in sources]
     return ShowerData(
@@ -468,14 +524,37 @@ def concat_showers(parts: Sequence[ShowerData], sources: Sequence[str | Path]) -
     )
 
 
+def check_joinable(meshes: Sequence[Mesh], has_angles: Sequence[bool], sources: Sequence[str | Path]) -> None:
+    """Files can be joined into one: their meshes bin space identically and either every one has angles
+    or none does (filling in an angle would invent data)."""
+    for mesh, angles, src in zip(meshes[1:], has_angles[1:], sources[1:], strict=True):
+        if not same_mesh(mesh, meshes[0]):
+            raise DataError(
+                f"geometry {mesh.describe()} differs from {meshes[0].describe()} of {sources[0]}",
+                file=src, field="geometry", fix="convert files of one geometry at a time",
+            )
+        if angles != has_angles[0]:
+            raise DataError(
+                f"incident angles present in some inputs but not in others (compare with {sources[0]})",
+                file=src, field="incident_angles", fix="convert files with and without angles separately",
+            )
+
+
+def angle_energy_order(energies: np.ndarray, angles: np.ndarray | None, *, default_angle: float = 90.0) -> np.ndarray:
+    """The stable (angle, energy) order of showers: the order a Par04 round trip returns events in.
+
+    Showers without angles sort as ``default_angle`` (the Par04 writer's assumption: normal incidence).
+    """
+    a = angles if angles is not None else np.full(len(energies), default_angle, dtype=np.float32)
+    return np.lexsort((energies, a))  # lexsort is stable; last key is the primary one
+
+
 def sort_by_angle_energy(data: ShowerData, *, default_angle: float = 90.0) -> ShowerData:
     """``data`` stably sorted by (angle, energy): the order a Par04 round trip returns events in.
 
     Showers without angles sort as ``default_angle`` (the Par04 writer's assumption: normal incidence).
     """
-    angles = data.angles if data.angles is not None else np.full(len(data), default_angle, dtype=np.float32)
-    order = np.lexsort((data.energies, angles))  # lexsort is stable; last key is the primary one
-    return data.subset(order)
+    return data.subset(angle_energy_order(data.energies, data.angles, default_angle=default_angle))
 
 
 # ------------------------------------------------------------------------------------- native (many)

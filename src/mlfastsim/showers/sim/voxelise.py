@@ -219,12 +219,8 @@ class Voxelised:
 
     def counts(self) -> dict[str, float]:
         """Additive totals (they sum over chunks and files); :func:`outside_summary` makes fractions."""
-        return {
-            "hits_total": int(self.hits_total),
-            "hits_outside_mesh": int(self.hits_outside.sum()),
-            "energy_inside_mev": float(self.showers.sum(dtype=np.float64)),
-            "energy_outside_mev": float(self.energy_outside.sum()),
-        }
+        return outside_counts(self.hits_total, self.showers.sum(axis=1, dtype=np.float64), self.hits_outside,
+                              self.energy_outside)
 
 
 def outside_summary(counts: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -448,14 +444,27 @@ def _event_chunks(offsets: np.ndarray, chunk_hits: int) -> Iterator[tuple[int, i
         i0 = i1
 
 
-def _read_one(
-    path: Path, mesh: Mesh, chunk_hits: int
-) -> tuple[ShowerData, dict[str, float], np.ndarray]:
-    """Validate and voxelise one hits file; returns the showers, the outside counts and the face normal.
+@dataclass
+class HitsHeader:
+    """A hits file's per-event arrays, checked (the hit columns stay on disk and are checked chunk by
+    chunk as they are voxelised): what a streaming conversion plans with."""
 
-    Per-event arrays are checked whole (they are small); hit columns chunk by chunk as they are read,
-    so a NaN deep in a large file is reported with its hit and event index without loading it all.
-    """
+    path: Path
+    offsets: np.ndarray  # (N+1,) int64
+    energies: np.ndarray  # (N,) MeV
+    entry: np.ndarray  # (N, 3) float64
+    directions: np.ndarray  # (N, 3) float64
+    angles: np.ndarray  # (N,) degrees
+    normal: np.ndarray  # (3,) unit
+
+    @property
+    def n(self) -> int:
+        return int(self.offsets.size - 1)
+
+
+def read_hits_header(path: str | Path) -> HitsHeader:
+    """Open a hits file and check everything but the hit values (layout, offsets, per-event arrays)."""
+    path = Path(path)
     with open_h5(path, what="hits file") as f:
         if "hits" not in f:
             raise InputFileError(
@@ -481,48 +490,89 @@ def _read_one(
         directions = _per_event(f, "directions", path, n, 3)
         angles = _per_event(f, "incident_angles", path, n, 1)[:, 0] if "incident_angles" in f else None
         normal = _normal(f, path)
-        cos_dn = directions @ normal
-        if not (cos_dn > 0).all():
-            event = int(np.argmax(~(cos_dn > 0)))
-            raise DataError(
-                f"direction of event {event} does not enter the detector (zero, or away from the face)",
-                file=path, field="directions",
-                fix="directions must have a positive component along the face normal",
-            )
-        if angles is None:
-            angles = incidence_angles(directions, normal)
+    cos_dn = directions @ normal
+    if not (cos_dn > 0).all():
+        event = int(np.argmax(~(cos_dn > 0)))
+        raise DataError(
+            f"direction of event {event} does not enter the detector (zero, or away from the face)",
+            file=path, field="directions",
+            fix="directions must have a positive component along the face normal",
+        )
+    if angles is None:
+        angles = incidence_angles(directions, normal)
+    return HitsHeader(path, offsets, energies, entry, directions, angles, normal)
 
-        out = np.zeros((n, mesh.n_voxels), dtype=np.float32)
-        n_outside = np.zeros(n, dtype=np.int64)
-        e_outside = np.zeros(n, dtype=np.float64)
-        for i0, i1 in _event_chunks(offsets, chunk_hits):
-            h0, h1 = int(offsets[i0]), int(offsets[i1])
+
+def voxelise_events(path: str | Path, mesh: Mesh, i0: int, i1: int, *, offsets: np.ndarray, entry: np.ndarray,
+                    directions: np.ndarray, normal: np.ndarray,
+                    chunk_hits: int = DEFAULT_CHUNK_HITS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Voxelise events ``[i0, i1)`` of a hits file whose header was checked (:func:`read_hits_header`).
+
+    ``offsets`` (i1 - i0 + 1 values, hit indices in the file), ``entry`` and ``directions`` are those
+    events' rows.  Hits are read ``chunk_hits`` at a time and checked as they come, so a NaN deep in a
+    large file is reported with its hit and event index.  Returns the showers (float32), and per event
+    the hits and energy that fell outside the mesh.  Every event owns its row, so the result does not
+    depend on how the events are split into calls.
+    """
+    path = Path(path)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    n = offsets.size - 1
+    out = np.zeros((n, mesh.n_voxels), dtype=np.float32)
+    n_outside = np.zeros(n, dtype=np.int64)
+    e_outside = np.zeros(n, dtype=np.float64)
+    with open_h5(path, what="hits file") as f:
+        columns = {k: f[f"hits/{k}"] for k in HIT_FIELDS}
+        for j0, j1 in _event_chunks(offsets - offsets[0], max(int(chunk_hits), 1)):
+            h0, h1 = int(offsets[j0]), int(offsets[j1])
             cols = {k: np.asarray(ds[h0:h1], dtype=np.float32) for k, ds in columns.items()}
             for key, arr in cols.items():
                 bad = ~np.isfinite(arr)
                 if bad.any():
                     hit = h0 + int(np.argmax(bad))
-                    event = int(np.searchsorted(offsets, hit, side="right")) - 1
+                    event = i0 + int(np.searchsorted(offsets, hit, side="right")) - 1
                     raise DataError(
                         f"{int(bad.sum())} NaN/inf value(s), first at hit {hit} (event {event})",
                         file=path, field=f"hits/{key}", fix="remove or repair the broken hits",
                     )
             if (cols["energy"] < 0).any():
                 hit = h0 + int(np.argmax(cols["energy"] < 0))
-                event = int(np.searchsorted(offsets, hit, side="right")) - 1
+                event = i0 + int(np.searchsorted(offsets, hit, side="right")) - 1
                 raise DataError(
                     f"negative hit energy at hit {hit} (event {event})",
                     file=path, field="hits/energy", fix="hit energies must be >= 0 MeV",
                 )
             part = voxelise(
-                cols["x"], cols["y"], cols["z"], cols["energy"], offsets[i0 : i1 + 1] - h0,
-                entry[i0:i1], directions[i0:i1], mesh, front_face_normal=normal, out=out[i0:i1],
+                cols["x"], cols["y"], cols["z"], cols["energy"], offsets[j0 : j1 + 1] - h0,
+                entry[j0:j1], directions[j0:j1], mesh, front_face_normal=normal, out=out[j0:j1],
             )
-            n_outside[i0:i1] = part.hits_outside
-            e_outside[i0:i1] = part.energy_outside
-    counts = Voxelised(out, n_outside, e_outside, int(offsets[-1])).counts()
-    data = ShowerData(energies=energies, showers=out, mesh=mesh, angles=angles, meta={})
-    return data.validate(source=path), counts, normal
+            n_outside[j0:j1] = part.hits_outside
+            e_outside[j0:j1] = part.energy_outside
+    return out, n_outside, e_outside
+
+
+def outside_counts(hits_total: int, row_sums: np.ndarray, n_outside: np.ndarray,
+                   e_outside: np.ndarray) -> dict[str, float]:
+    """:meth:`Voxelised.counts` from per-event arrays (row sums of the showers in float64): exact sums, so
+    the totals do not depend on how the events were split into chunks."""
+    return {
+        "hits_total": int(hits_total),
+        "hits_outside_mesh": int(np.sum(n_outside)),
+        "energy_inside_mev": math.fsum(np.asarray(row_sums, dtype=np.float64)),
+        "energy_outside_mev": math.fsum(np.asarray(e_outside, dtype=np.float64)),
+    }
+
+
+def _read_one(
+    path: Path, mesh: Mesh, chunk_hits: int
+) -> tuple[ShowerData, dict[str, float], np.ndarray]:
+    """Validate and voxelise one hits file; returns the showers, the outside counts and the face normal."""
+    head = read_hits_header(path)
+    out, n_outside, e_outside = voxelise_events(path, mesh, 0, head.n, offsets=head.offsets, entry=head.entry,
+                                                directions=head.directions, normal=head.normal,
+                                                chunk_hits=chunk_hits)
+    counts = outside_counts(int(head.offsets[-1]), out.sum(axis=1, dtype=np.float64), n_outside, e_outside)
+    data = ShowerData(energies=head.energies, showers=out, mesh=mesh, angles=head.angles, meta={})
+    return data.validate(source=path), counts, head.normal
 
 
 def read_hits(
