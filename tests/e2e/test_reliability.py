@@ -157,6 +157,45 @@ def replaced_output(c: Ctx) -> list[str]:
     return sim(out)
 
 
+def own_copy(c: Ctx) -> list[str]:
+    """A byte copy of the job's own output where the same job writes: done, left untouched."""
+    assert c.cli(*sim(c.tmp / "a.h5")).code == 0
+    shutil.copy(c.tmp / "a.h5", c.tmp / "b.h5")
+    c.saved["ino"] = (c.tmp / "b.h5").stat().st_ino
+    return sim(c.tmp / "b.h5")
+
+
+def _kept_copy(c: Ctx) -> None:
+    assert (c.tmp / "b.h5").stat().st_ino == c.saved["ino"]  # not rewritten
+    assert sha(c.tmp / "b.h5") == sha(c.tmp / "a.h5")
+    assert sorted(p.name for p in c.tmp.iterdir()) == ["a.h5", "b.h5"]  # no marker beside the outputs
+
+
+def edited_output(c: Ctx) -> list[str]:
+    """An edit that keeps the job's stamp: the digest no longer matches, the job runs again."""
+    out = c.tmp / "out.h5"
+    assert c.cli(*sim(out)).code == 0
+    c.saved["clean"] = sha(out)
+    with h5py.File(out, "r+") as f:
+        f["showers"][0, :10] = 1.0
+    return sim(out)
+
+
+def convert_replaced_output(c: Ctx) -> list[str]:
+    """Another conversion's file under a finished conversion's name: converted again."""
+    conv = ["showers", "convert", str(c.small_file), "--from", "native", "--to", "calochallenge", "-o"]
+    assert c.cli(*conv, str(c.tmp / "out.h5")).code == 0
+    c.saved["clean"] = sha(c.tmp / "out.h5")
+    assert c.cli(*sim(c.tmp / "other.h5")).code == 0
+    shutil.copy2(c.tmp / "other.h5", c.tmp / "out.h5")
+    return [*conv, str(c.tmp / "out.h5")]
+
+
+def _same_as_clean_conversion(c: Ctx) -> None:
+    assert sha(c.tmp / "out.h5") == c.saved["clean"]
+    assert not [p.name for p in c.tmp.iterdir() if p.name.startswith(".")]
+
+
 # ------------------------------------------------------------------ sizes before work
 def huge_n(c: Ctx) -> list[str]:
     return ["showers", "simulate", "--energy-gev", "10,50", "--n-per-point", "1000000000", "-o", str(c.tmp / "big.h5")]
@@ -430,6 +469,9 @@ CASES: dict[str, Case] = {
     "replaced output is recomputed, not trusted": Case(replaced_output, 0, (), _same_as_clean),
     "planted pickle in the cache never runs": Case(planted_pickle, 0, (), _same_as_clean),
     "another job's chunk is not mixed in": Case(foreign_chunk, 0, (), _same_as_clean),
+    "a byte copy of the job's own output is done": Case(own_copy, 0, (), _kept_copy),
+    "an edited output (stamp kept) is recomputed": Case(edited_output, 0, (), _same_as_clean),
+    "convert: a replaced output is converted again": Case(convert_replaced_output, 0, (), _same_as_clean_conversion),
     # medium
     "corrupt cache chunk is recomputed": Case(corrupt_chunk, 0, (), _same_as_clean),
     "output larger than the free disk": Case(huge_n, 2, ("is free",),
