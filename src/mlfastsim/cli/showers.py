@@ -364,6 +364,9 @@ def adapt(
     checkpoint_step: Annotated[int | None, typer.Option("--checkpoint-step", help="Checkpoint every N steps.")]
     = None,
     plot_freq: Annotated[int | None, typer.Option("--plot-freq", help="Validation plots every N steps.")] = None,
+    trainable: Annotated[str | None, typer.Option(
+        "--trainable", help="Fine-tune only these parameter-name prefixes, e.g. energy,shape.out (default: all).")]
+    = None,
     gpu_ids: GpuIdsOpt = None,
     max_gpu_memory_allocation: GpuMemOpt = None,
     threads: ThreadsOpt = None,
@@ -378,6 +381,7 @@ def adapt(
         cli={"data.files": [str(p) for p in data] if data else None, "checkpoint": checkpoint,
              "study_name": study_name, "run_name": run_name, "adaptation_steps": adaptation_steps,
              "checkpoint_step": checkpoint_step, "plot_freq": plot_freq,
+             "trainable": [t.strip() for t in trainable.split(",") if t.strip()] if trainable else None,
              **_device_cli(gpu_ids, max_gpu_memory_allocation, threads)},
         overrides=set_ or [],
     )

@@ -197,6 +197,9 @@ class AdaptConfig(StrictModel):
     plot_freq: int = Field(100, ge=0)
     learning_rate: float = Field(1e-3, gt=0)
     batch_size: int = Field(64, ge=1)
+    # parameter-name prefixes to fine-tune (e.g. [energy] or [shape.blocks.2, shape.out] for a cfm, [decoder] for
+    # the VAE); every other weight stays as pre-trained (batch-norm statistics still follow the data).  None: all.
+    trainable: list[str] | None = Field(None, min_length=1)
     seed: int = 0
     study_name: PlainName = "adaptation"  # folders under output_dir: never '../x'
     run_name: PlainName | None = None

@@ -208,6 +208,28 @@ def _read(path: Path) -> ShowerData:
     return read_native(path)
 
 
+def test_adapting_a_chosen_subset_leaves_every_other_weight_as_pretrained(
+    geometry_files: dict[str, Path], meta_checkpoint: Path, tmp_path: Path
+) -> None:
+    """``trainable: [decoder]`` fine-tunes the decoder only; a prefix naming nothing is one clear error."""
+    names = sorted({k.split(".")[0] for k in _state(meta_checkpoint)})
+    assert "decoder" in names, names
+    cfg = AdaptConfig(
+        data=DataConfig(files=[geometry_files["PbWO4"]]), checkpoint=meta_checkpoint, adaptation_steps=20,
+        checkpoint_step=20, plot_freq=0, learning_rate=2e-3, batch_size=64, seed=3, output_dir=tmp_path / "runs",
+        trainable=["decoder"], tracking={"dir": str(tmp_path / "tracking")},
+    )
+    result = adapt(cfg, progress=False)
+    before, after = _state(meta_checkpoint), _state(result.last_checkpoint)
+    weights = {n for n, _ in load_model(meta_checkpoint).model.named_parameters()}  # not batch-norm statistics
+    moved = {k for k in weights if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("decoder.") for k in moved), sorted(moved)
+    assert load_checkpoint(result.last_checkpoint)["adaptation"]["trainable"] == ["decoder"]
+    with pytest.raises(ConfigError, match="name no parameter") as info:
+        adapt(cfg.model_copy(update={"trainable": ["decoderr"]}), progress=False)
+    assert "decoder" in (info.value.fix or "")
+
+
 def test_adaptation_data_on_another_mesh_is_refused(meta_checkpoint: Path, tmp_path: Path) -> None:
     other = _simulate("FCCeeSiW", 40, 9, tmp_path / "ds2.h5", mesh=MESH_PRESETS["ds2"])
     cfg = AdaptConfig(data=DataConfig(files=[other]), checkpoint=meta_checkpoint, adaptation_steps=5,

@@ -476,6 +476,32 @@ def _check_enough_showers(model: nn.Module, files: Sequence[str | Path], n: int,
             fix="adapt on a few dozen showers or more of the new geometry (--data FILE.h5)")
 
 
+def trainable_parameters(model: nn.Module, prefixes: list[str] | None) -> list[nn.Parameter]:
+    """The parameters to fine-tune: all, or those whose name starts with one of ``prefixes`` (the rest frozen).
+
+    Adapting a subset (say a cfm's layer-energy network, or its last blocks) keeps what pre-training learned
+    about shower shapes and needs fewer showers; a prefix that names nothing is an error, not a silent no-op.
+    """
+    named = list(model.named_parameters())
+    if prefixes is None:
+        return [p for _, p in named]
+
+    def chosen(name: str, prefix: str) -> bool:
+        return name == prefix or name.startswith(prefix.rstrip(".") + ".")
+
+    unmatched = [pre for pre in prefixes if not any(chosen(n, pre) for n, _ in named)]
+    if unmatched:
+        tops = sorted({n.split(".")[0] for n, _ in named})
+        raise ConfigError(f"trainable prefix(es) {unmatched} name no parameter of this model", field="trainable",
+                          fix=f"use dotted parameter-name prefixes, e.g. one of {tops}")
+    keep = []
+    for name, p in named:
+        p.requires_grad_(any(chosen(name, pre) for pre in prefixes))
+        if p.requires_grad:
+            keep.append(p)
+    return keep
+
+
 def adapt(cfg: AdaptConfig, *, progress: bool = True, resume: bool = False) -> AdaptResult:
     """Fine-tune a pre-trained model on a few showers of a new geometry (default one-hot slot 0).
 
@@ -520,7 +546,7 @@ def adapt(cfg: AdaptConfig, *, progress: bool = True, resume: bool = False) -> A
         eval_every=cfg.checkpoint_step, checkpoint_every=cfg.checkpoint_step, keep_checkpoints=None,
         plot_freq=cfg.plot_freq, seed=cfg.seed,
     )
-    task = SupervisedTask(model, spec.loss, make_optimizer(model.parameters(), trainer_cfg))
+    task = SupervisedTask(model, spec.loss, make_optimizer(trainable_parameters(model, cfg.trainable), trainer_cfg))
 
     study_dir = Path(cfg.output_dir) / cfg.study_name
     run_name = cfg.run_name or _new_run_name(study_dir)
@@ -531,7 +557,8 @@ def adapt(cfg: AdaptConfig, *, progress: bool = True, resume: bool = False) -> A
     tracker = tracker_from_config(tracking, default_name="adapt") if dist_utils.is_main() else None
     meta = checkpoint_meta(spec, loaded.config, loaded.norm)
     meta["adaptation"] = {"pretrained": str(ckpt), "study_name": cfg.study_name, "run_name": run_name,
-                          "files": [str(f) for f in files], "geometry_index": [int(s) for s in slots]}
+                          "files": [str(f) for f in files], "geometry_index": [int(s) for s in slots],
+                          "trainable": cfg.trainable}
     try:
         if tracker is not None:
             tracker.log_params(resolved.model_dump(mode="json"))
