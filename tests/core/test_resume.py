@@ -257,3 +257,15 @@ def test_failed_first_run_leaves_no_output_folder(tmp_path: Path) -> None:
         TaskCache(cache_dir_for(d / "summary.json"), "fp").save(0, 1)
         raise RuntimeError("killed midway")
     assert out.is_dir()  # it holds a finished task: the rerun resumes from it
+
+
+def test_a_record_that_is_not_a_result_of_its_task_is_recomputed(tmp_path: Path) -> None:
+    """This job's tag on a value its task could not have made (planted, or a bug): not used, deleted."""
+    out = tmp_path / "out.h5"
+    cache = TaskCache(cache_dir_for(out), "fp", accept=lambda i, v: isinstance(v, np.ndarray) and v.shape == (2, 3))
+    cache.save(0, np.zeros((2, 3), np.float32))
+    cache.save(1, {"x": np.ones(3)})
+    assert cache.get(0) is not None and cache.get(1, "missing") == "missing" and not cache.has(1)
+    cache.accept = lambda i, v: v["no such key"]  # a check that breaks on a wrong value: not accepted either
+    assert cache.get(0, "missing") == "missing"
+    cache.clear()

@@ -117,10 +117,14 @@ def produce(cfg: ProduceConfig, *, progress: bool = True) -> dict[str, Any]:
         if isinstance(stored, str | bytes):
             return dict(json.loads(stored))
     # one writer per output (a second job stops with one line); chunks of a killed run are reused
-    cache = TaskCache(cache_dir_for(cfg.output), fingerprint)
     n_chunks = -(-cfg.n_events // cfg.chunk_size)
     tasks = [(dec_file, k, min(cfg.chunk_size, cfg.n_events - k * cfg.chunk_size), k * cfg.chunk_size, cfg.seed)
              for k in range(n_chunks)]
+    # a stored chunk must be the (particles, events) tables of its task's events, else it is recomputed
+    cache = TaskCache(cache_dir_for(cfg.output), fingerprint,
+                      accept=lambda i, v: (isinstance(v, tuple | list) and len(v) == 2
+                                           and all(isinstance(t, pd.DataFrame) for t in v)
+                                           and len(v[1]) == tasks[i][2]))
     summary: dict[str, Any] = {}
     with atomic_path(cfg.output) as tmp:
         _write_events(cfg, tasks, cache, table, tmp, progress=progress, summary=summary)

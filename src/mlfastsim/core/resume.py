@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -233,9 +233,13 @@ class TaskCache:
     cannot run code.  Old pickled results (``*.pkl``) are deleted unread.
     """
 
-    def __init__(self, directory: str | Path, fingerprint: str) -> None:
+    def __init__(self, directory: str | Path, fingerprint: str,
+                 accept: Callable[[int, Any], bool] | None = None) -> None:
         self.directory = Path(directory)
         self.fingerprint = fingerprint
+        # what a result of task i must look like (shape, kind): a record that carries this job's tag but
+        # not a result it could have written (planted, or from a bug) is recomputed, not written out
+        self.accept = accept
         self.output = output_for_cache_dir(self.directory)
         acquire_job_lock(self.output)
         try:
@@ -296,12 +300,22 @@ class TaskCache:
         if not path.is_file():
             return default
         try:
-            return read_record(path, self._tag(i))
+            value = read_record(path, self._tag(i))
+            if self.accept is not None and not self._accepted(i, value):
+                raise RecordError("it is not a result this task could have produced")
+            return value
         except RecordError as exc:
             log.warning("cached result %s cannot be used (%s): recomputing that task", path, exc)
             with contextlib.suppress(OSError):
                 path.unlink()
             return default
+
+    def _accepted(self, i: int, value: Any) -> bool:
+        assert self.accept is not None
+        try:
+            return bool(self.accept(i, value))
+        except Exception:  # a value of the wrong kind may break the check itself: not acceptable either
+            return False
 
     def load(self, i: int) -> Any:
         """The stored result of task ``i``; :class:`KeyError` when it is absent or unusable (recompute)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -279,9 +280,16 @@ def simulate_to_dir(cfg: SimulateConfig, *, progress: bool = True) -> dict[str, 
     fingerprint = config_fingerprint(cfg)
     if is_done(out, fingerprint) and done_info(out):
         return {k: int(v) for k, v in done_info(out).items()}
-    cache = TaskCache(cache_dir_for(out), fingerprint)
     text = cfg.model_dump_json()
     tasks = [(text, s, min(cfg.chunk_size, cfg.n_events - s)) for s in range(0, cfg.n_events, cfg.chunk_size)]
+
+    def finished(i: int, value: Any) -> bool:
+        """A stored chunk counts only if it is its task's counts and its events' files are all there."""
+        _, first, n = tasks[i]
+        return (isinstance(value, dict) and value.get("events") == n
+                and all((out / parsed_name(e, t)).is_file() for e in range(first, first + n) for t in cfg.tpc_ids))
+
+    cache = TaskCache(cache_dir_for(out), fingerprint, accept=finished)
     results = run_tasks(simulate_chunk, tasks, workers=cfg.parallel.workers, scheduler=cfg.parallel.scheduler,
                         description="lartpc simulate", progress=progress, cache=cache)
     total: dict[str, int] = {}

@@ -120,10 +120,17 @@ def simulate_to_file(cfg: SimulateConfig, *, progress: bool = False) -> StoredSh
         "simulator": "gflash-gp",
         "config": _recorded_config(cfg),
     }
-    cache = TaskCache(cache_dir_for(cfg.output), fingerprint)  # takes the output's job lock
+    # takes the output's job lock; a stored chunk must be the (showers, cells) array its task makes
+    cache = TaskCache(cache_dir_for(cfg.output), fingerprint,
+                      accept=lambda i, v: _rows_of(v, len(tasks[i][2]), mesh.n_voxels))
     return _stream_to_file(cfg, fingerprint, cache, _simulate_task, tasks, mesh=mesh, energies=energies,
                            angles=angles, meta=meta,
                            description=f"simulating {len(energies)} showers ({detector.name})", progress=progress)
+
+
+def _rows_of(value: Any, n: int, n_voxels: int) -> bool:
+    """``value`` is an (n, n_voxels) array of finite float32 cell energies: a chunk a task could return."""
+    return isinstance(value, np.ndarray) and value.dtype == np.float32 and value.shape == (n, n_voxels)
 
 
 def _stream_to_file(cfg: SimulateConfig, fingerprint: str, cache: TaskCache, fn: Any, tasks: list[tuple[Any, ...]],
@@ -171,7 +178,8 @@ def _simulate_pions_to_file(cfg: SimulateConfig, fingerprint: str, *, progress: 
              for lo in range(0, len(energies), cfg.chunk_size)]
     meta = {"particle": PARTICLE, "calorimeter": calo.to_dict(), "seed": cfg.seed, "simulator": SIMULATOR_NAME,
             "config": _recorded_config(cfg)}
-    cache = TaskCache(cache_dir_for(cfg.output), fingerprint)  # takes the output's job lock
+    cache = TaskCache(cache_dir_for(cfg.output), fingerprint,  # takes the output's job lock
+                      accept=lambda i, v: _rows_of(v, len(tasks[i][0]), grid.n_voxels))
     return _stream_to_file(cfg, fingerprint, cache, _simulate_pion_task, tasks, mesh=grid, energies=energies,
                            angles=angles, meta=meta,
                            description=f"simulating {len(energies)} pion showers ({calo.name})", progress=progress)

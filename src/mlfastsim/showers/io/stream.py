@@ -283,7 +283,10 @@ def run_conversion(plan: ConversionPlan, target_format: str, output: str | Path,
     # as much again, and the output is at most as large (twice for CaloChallenge's float64)
     factor = 2 + (order is not None) + (target_format == "calochallenge")
     check_free_space(output, factor * raw, what=f"converting {n} showers of {plan.mesh.n_voxels} cells")
-    stream = iter_tasks(convert_block, plan.tasks(rows), workers=workers, scheduler=scheduler,
+    tasks = plan.tasks(rows)
+    if cache is not None:  # a stored block must be what its task returns: its rows of cells, its counts
+        cache.accept = lambda i, v: _block_of(v, sum(hi - lo for *_, lo, hi in tasks[i][2]), plan)
+    stream = iter_tasks(convert_block, tasks, workers=workers, scheduler=scheduler,
                         description=f"converting {n} {plan.source_format} showers", progress=progress, cache=cache)
     if target_format in ("native", "calochallenge"):
         cc = target_format == "calochallenge"
@@ -323,6 +326,17 @@ def run_conversion(plan: ConversionPlan, target_format: str, output: str | Path,
             os.close(fd)
             scratch.unlink(missing_ok=True)
     return Converted(n, plan.mesh, writer.paths)
+
+
+def _block_of(value: Any, rows: int, plan: ConversionPlan) -> bool:
+    """``value`` is a block :func:`convert_block` could return for ``rows`` rows of ``plan``."""
+    keys = {"showers", "n_outside", "e_outside", "row_sums"} if plan.source_format == "hits" else {"showers"}
+    if not isinstance(value, dict) or set(value) != keys:
+        return False
+    showers = value["showers"]
+    return (isinstance(showers, np.ndarray) and showers.dtype == np.float32
+            and showers.shape == (rows, plan.mesh.n_voxels)
+            and all(isinstance(value[k], np.ndarray) and value[k].shape == (rows,) for k in keys - {"showers"}))
 
 
 def _absorb(plan: ConversionPlan, part: dict[str, np.ndarray]) -> None:
