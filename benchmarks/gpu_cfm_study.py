@@ -49,8 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from make_cfm_pretrained import strip  # noqa: E402
-from make_pretrained import ANGLE_RANGE_DEG, ENERGY_RANGE_GEV, GEOMETRIES  # noqa: E402
+from make_cfm_pretrained import simulate_parts, strip  # noqa: E402
+from make_pretrained import GEOMETRIES  # noqa: E402
 
 from fidelity_study import candidate, reference_kinematics, score  # noqa: E402
 from fidelity_study import simulate as simulate_sample  # noqa: E402
@@ -71,32 +71,15 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], bool]] = {
 BATCH = 512  # per step, every variant (override with --batch for CPU smoke tests)
 
 
-def _simulate_part(job: tuple[str, int, int, str]) -> str:
-    detector, n, seed, path = job
-    from mlfastsim.showers.config import SimulateConfig
-    from mlfastsim.showers.pipeline import simulate_to_file
-
-    p = Path(path)
-    if not p.is_file():
-        simulate_to_file(SimulateConfig(detector=detector, mesh="ds2", particle="electron",
-                                        energy_range_gev=ENERGY_RANGE_GEV, angle_range_deg=ANGLE_RANGE_DEG,
-                                        n_per_point=n, seed=seed, output=p))
-    return path
-
-
 def make_data(work: Path, n_per_geometry: int, parts: int, n_ref: int) -> tuple[list[Path], list[int]]:
-    """Simulate the pre-training parts and the SiW reference/floor in parallel processes."""
-    per_part = -(-n_per_geometry // parts)
-    jobs = [(det, per_part, 1000 + 10 * slot + p, str(work / f"{det}_{p}.h5"))
-            for slot, (det, _) in enumerate(GEOMETRIES) for p in range(parts)]
+    """Simulate the pre-training parts (``make_cfm_pretrained``'s seeds) and the SiW reference/floor in parallel."""
     t0 = time.perf_counter()
-    workers = max(1, min(len(jobs) + 2, (os.cpu_count() or 2) - 1))
-    with ProcessPoolExecutor(workers) as pool:
-        futures = [pool.submit(_simulate_part, j) for j in jobs]
+    workers = max(1, (os.cpu_count() or 2) - 1)
+    with ProcessPoolExecutor(2) as pool:  # the two reference samples beside the parts' own pool
         kin = reference_kinematics(n_ref)
         refs = [pool.submit(simulate_sample, work, name, "SiW", seed, **kin)
                 for name, seed in (("siw_ref", 201), ("siw_floor", 202))]
-        files = [Path(f.result()) for f in futures]
+        files = simulate_parts(work, n_per_geometry, parts, workers=max(1, workers - 2))
         for r in refs:
             r.result()
     print(f"data: {len(files)} parts, {n_per_geometry} showers per geometry, in {time.perf_counter() - t0:.0f} s",

@@ -1,19 +1,23 @@
-"""Rebuild the pre-trained flow-matching model ``cfm_ds2`` (weights, model card, index entry) from scratch.
+"""Rebuild the pre-trained flow-matching model ``cfm_ds2`` (weights, model card, index entry), in two stages.
 
-1. simulate the three pre-training geometries exactly as ``scripts/make_pretrained.py`` does for the VAE
-   (SiW, SciPb, PbWO4 on the ds2 mesh, electrons 1-1000 GeV log-uniform, 50-90 degrees, same seeds; the files
-   are shared through ``--work-dir``), FCCeeSiW stays unseen;
-2. train ``configs/showers/cfm_cpu.yaml`` on them, each geometry at its one-hot slot (SiW 0, SciPb 1, PbWO4 2),
-   for ``--max-steps`` steps (resumable: rerun with ``--resume`` after an interruption);
-3. strip the last checkpoint to float32 weights + model metadata with a fixed archive name (same run, same bytes);
-4. with ``--metrics runs/fidelity_study/fidelity_study.json`` (``benchmarks/fidelity_study.py``), write the card's
+1. **data**: the three pre-training geometries (SiW, SciPb, PbWO4 on the ds2 mesh, electrons 1-1000 GeV
+   log-uniform, 50-90 degrees), ``--n-per-geometry`` showers each in ``--parts`` seeded parts
+   (seed ``1000 + 10 * slot + part``) under ``--work-dir`` (``build/gpu_cfm``); FCCeeSiW stays unseen;
+2. **stage 1, shapes** (``configs/showers/cfm_gpu.yaml``): the layer transformer, trained on a GPU.  Pass the
+   weights a GPU run wrote (``benchmarks/gpu_cfm_study.py --variants ship`` returns ``ship.pt``) with
+   ``--shape-checkpoint``; without it this script trains the config here (``--gpu-ids 0`` on a GPU; hours on a CPU);
+3. **stage 2, energies** (``configs/showers/cfm_energy.yaml``): a total-first energy network on the frozen stage-1
+   shape network (``transfer_from`` + ``trainable: [energy]``), minutes on a CPU, resumable with ``--resume``;
+4. strip the last checkpoint to float32 weights + model metadata with a fixed archive name (same run, same bytes);
+   with ``--metrics runs/fidelity_study/fidelity_study.json`` (``benchmarks/fidelity_study.py``) write the card's
    numbers; write ``cfm_ds2.pt``, ``cfm_ds2.md`` and the model's entry in ``index.json`` (sha256; the other
    entries are kept) into ``--out-dir``.
 
-    OMP_NUM_THREADS=2 python scripts/make_cfm_pretrained.py [--max-steps 20000] [--resume] [--threads 2] \\
-        [--work-dir build/pretrained] [--out-dir src/mlfastsim/data/pretrained] [--metrics FILE] [--checkpoint CKPT]
+    OMP_NUM_THREADS=1 python scripts/make_cfm_pretrained.py --shape-checkpoint runs/gpu_cfm/ship.pt \\
+        [--shape-seconds 320 --shape-device "one NVIDIA H200"] [--resume] [--threads 1] \\
+        [--work-dir build/gpu_cfm] [--out-dir src/mlfastsim/data/pretrained] [--metrics FILE] [--checkpoint CKPT]
 
-``--checkpoint`` skips training and ships an existing run's checkpoint (e.g. one stopped by a time budget).
+``--checkpoint`` skips both stages and ships an existing stage-2 checkpoint.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import platform
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,24 +38,52 @@ import torch
 from mlfastsim.core.checkpoint import load_checkpoint
 from mlfastsim.core.config import dump_config, load_config
 from mlfastsim.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from mlfastsim.showers.config import TrainConfig
+from mlfastsim.showers.config import SimulateConfig, TrainConfig
 from mlfastsim.showers.models import load_model
+from mlfastsim.showers.pipeline import simulate_to_file
 from mlfastsim.showers.pretrained import INDEX_NAME, sha256_file
 from mlfastsim.showers.training.train import train_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from make_pretrained import ANGLE_RANGE_DEG, ENERGY_RANGE_GEV, GEOMETRIES, N_PER_GEOMETRY, simulate  # noqa: E402
+from make_pretrained import ANGLE_RANGE_DEG, ENERGY_RANGE_GEV, GEOMETRIES  # noqa: E402
 
 NAME = "cfm_ds2"
-CONFIG = ROOT / "configs" / "showers" / "cfm_cpu.yaml"
+SHAPE_CONFIG = ROOT / "configs" / "showers" / "cfm_gpu.yaml"
+ENERGY_CONFIG = ROOT / "configs" / "showers" / "cfm_energy.yaml"
 OUT_DIR = ROOT / "src" / "mlfastsim" / "data" / "pretrained"
-DESCRIPTION = ("Conditional flow-matching layer transformer (layer energies first, exact zeros at 15.15 keV) on the "
-               "CaloChallenge ds2 mesh, pre-trained on SiW, SciPb and PbWO4 electron showers; adapt it to a new "
-               "geometry at one-hot slot 0")
+N_PER_GEOMETRY, PARTS = 32000, 4
+DESCRIPTION = ("Conditional flow-matching layer transformer (E_tot/E_inc first, then layer shares, then cells; exact "
+               "zeros at 15.15 keV) on the CaloChallenge ds2 mesh, pre-trained on SiW, SciPb and PbWO4 electron "
+               "showers; adapt it to a new geometry at one-hot slot 0")
 
 
-def strip(checkpoint: Path, cfg: TrainConfig) -> bytes:
+def _simulate_part(job: tuple[str, int, int, str]) -> str:
+    detector, n, seed, path = job
+    if not Path(path).is_file():
+        simulate_to_file(SimulateConfig(detector=detector, mesh="ds2", particle="electron",
+                                        energy_range_gev=ENERGY_RANGE_GEV, angle_range_deg=ANGLE_RANGE_DEG,
+                                        n_per_point=n, seed=seed, output=Path(path)))
+    return path
+
+
+def part_jobs(work: Path, n_per_geometry: int = N_PER_GEOMETRY, parts: int = PARTS) -> list[tuple[str, int, int, str]]:
+    """(detector, showers, seed, file) of every pre-training part, in the configs' file order."""
+    per_part = -(-n_per_geometry // parts)
+    return [(det, per_part, 1000 + 10 * slot + p, str(work / f"{det}_{p}.h5"))
+            for slot, (det, _) in enumerate(GEOMETRIES) for p in range(parts)]
+
+
+def simulate_parts(work: Path, n_per_geometry: int = N_PER_GEOMETRY, parts: int = PARTS,
+                   workers: int | None = None) -> list[Path]:
+    """Simulate the missing parts in parallel processes (files already there are kept: the job is resumable)."""
+    jobs = part_jobs(work, n_per_geometry, parts)
+    workers = workers or max(1, min(len(jobs), (os.cpu_count() or 2) - 1))
+    with ProcessPoolExecutor(workers) as pool:
+        return [Path(p) for p in pool.map(_simulate_part, jobs)]
+
+
+def strip(checkpoint: Path, cfg: TrainConfig, provenance: dict[str, Any] | None = None) -> bytes:
     """Weights (float32) and model metadata only, serialised in memory (fixed archive name, no local paths)."""
     state = load_checkpoint(checkpoint)
     weights = {k: (v.float() if v.is_floating_point() else v).contiguous()
@@ -61,105 +95,127 @@ def strip(checkpoint: Path, cfg: TrainConfig) -> bytes:
         "model_config": state["model_config"],
         "mesh": state["mesh"],
         "conditioning": state["conditioning"],
-        "pretrained": {"name": NAME, "config": dump_config(cfg)},
+        "pretrained": {"name": NAME, "config": dump_config(cfg), **(provenance or {})},
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
     return buf.getvalue()
 
 
-def card(cfg: TrainConfig, info: dict[str, Any]) -> str:
+def _relative(cfg: TrainConfig, work: Path, threads: int, out: Path) -> TrainConfig:
+    """A stage's config with its data under ``work`` and its run under ``work/out``."""
+    files = [work / Path(f).name for f in cfg.data.files]
+    cfg = cfg.model_copy(update={
+        "data": cfg.data.model_copy(update={"files": files}), "output_dir": work / out,
+        "device": cfg.device.model_copy(update={"num_threads": threads}),
+    })
+    cfg.tracking.dir = work / "tracking"
+    return cfg
+
+
+def card(shape_cfg: TrainConfig, energy_cfg: TrainConfig, info: dict[str, Any]) -> str:
+    parts = ", ".join(f"{d} (slot {i}, seeds {1000 + 10 * i}-{1000 + 10 * i + PARTS - 1})"
+                      for i, (d, _) in enumerate(GEOMETRIES))
     lines = [
         f"# {NAME}: pre-trained flow-matching shower model for the ds2 mesh", "", DESCRIPTION + ".", "",
         "## Data", "",
-        f"The VAE's pre-training showers (`scripts/make_pretrained.py`): {N_PER_GEOMETRY} electrons per geometry, "
-        f"{ENERGY_RANGE_GEV[0]:g}-{ENERGY_RANGE_GEV[1]:g} GeV log-uniform, {ANGLE_RANGE_DEG[0]:g}-"
-        f"{ANGLE_RANGE_DEG[1]:g} deg uniform: " + ", ".join(f"{d} (seed {s}, slot {i})"
-                                                           for i, (d, s) in enumerate(GEOMETRIES)) + ".", "",
-        "## Training", "",
-        f"* `showers train` with `configs/showers/cfm_cpu.yaml`, {info['step']} steps at batch "
-        f"{cfg.trainer.batch_size}, {info['train_seconds']:.0f} s on {info['threads']} CPU thread(s) of a shared "
-        f"machine ({info['machine']}), torch {torch.__version__}",
+        f"{info['n_per_geometry']} electrons per geometry in {PARTS} seeded parts, {ENERGY_RANGE_GEV[0]:g}-"
+        f"{ENERGY_RANGE_GEV[1]:g} GeV log-uniform, {ANGLE_RANGE_DEG[0]:g}-{ANGLE_RANGE_DEG[1]:g} deg uniform: "
+        f"{parts}.  FCCeeSiW is never seen.", "",
+        "## Training (two stages)", "",
+        f"1. **Shapes**: `configs/showers/cfm_gpu.yaml` (width {shape_cfg.model.width}, {shape_cfg.model.depth} "
+        f"blocks), {info['shape_step']} steps at batch {shape_cfg.trainer.batch_size} on {info['shape_device']} "
+        f"({info['shape_seconds']}); `benchmarks/gpu_cfm_study.py --variants ship`.",
+        f"2. **Energies**: `configs/showers/cfm_energy.yaml`: a total-first energy network (E_tot/E_inc as its own "
+        f"coordinate, {energy_cfg.model.energy_steps or energy_cfg.model.steps} solver steps) on the frozen shape "
+        f"network, {info['step']} steps at batch {energy_cfg.trainer.batch_size}, {info['train_seconds']:.0f} s on "
+        f"{info['threads']} CPU thread(s) ({info['machine']}), torch {torch.__version__}.",
+        "",
         f"* file: {info['size_bytes'] / 2**20:.2f} MiB ({info['n_parameters']:,} float32 parameters)",
         f"* sha256: `{info['sha256']}`",
-        "* rebuild: `python scripts/make_cfm_pretrained.py` (same seeds)", "",
+        "* rebuild: `python scripts/make_cfm_pretrained.py --shape-checkpoint SHIP.pt` (stage 1 from a GPU run of "
+        "`benchmarks/gpu_cfm_study.py`; without it stage 1 trains here). GPU runs are not bit-reproducible on "
+        "another GPU or CPU; stage 2 is, from the same stage-1 weights.", "",
         "## Metrics", "",
     ]
     metrics = info.get("metrics")
     if metrics:
-        lines.append("From `benchmarks/fidelity_study.py` (4k vs 4k unless said; 15.15 keV; CaloChallenge binning):")
-        lines.append("")
-        lines.append("| row | AUC low | AUC high | FPD | mean SP | n_hits SP |")
-        lines.append("|---|---|---|---|---|---|")
+        lines += ["From `benchmarks/fidelity_study.py` (4k vs 4k unless said; 15.15 keV; CaloChallenge binning):", "",
+                  "| row | AUC low | AUC high | FPD | mean SP | n_hits SP | E_tot/E_inc SP |",
+                  "|---|---|---|---|---|---|---|"]
         for name, r in metrics.get("rows", {}).items():
-            lines.append(f"| {name} | " + " | ".join("-" if r.get(k) is None else f"{r[k]:.4g}"
-                                                    for k in ("auc_low", "auc_high", "fpd", "mean_sp", "n_hits_sp"))
-                         + " |")
-        lines += ["", "A budget-limited model (minutes on one shared CPU thread, loss still falling): it beats the VAE "
-                  "on "
-                  "FPD, KPD, mean SP and n_hits, but the low-level classifier still separates it from the reference "
-                  "(AUC ~ 1), so it is a starting point for adaptation and for longer training "
-                  "(`configs/showers/cfm_full.yaml` on a GPU), not a finished simulator."]
+            lines.append(f"| {name} | " + " | ".join("-" if r.get(k) is None else f"{r[k]:.4g}" for k in
+                                                    ("auc_low", "auc_high", "fpd", "mean_sp", "n_hits_sp",
+                                                     "e_ratio_sp")) + " |")
+        lines += ["", "The low-level classifier still separates it from the reference (AUC ~ 1): a fast model that "
+                  "beats the VAE on every summary, and a starting point for adaptation, not a finished simulator. "
+                  "The weakest observables are the per-layer centres of energy and widths near the shower maximum."]
     else:
         lines.append("Not measured in this build (pass `--metrics`).")
-    lines += ["", "## Config", "", "```yaml", dump_config(cfg).rstrip(), "```", ""]
+    lines += ["", "## Configs", "", "```yaml", dump_config(shape_cfg).rstrip(), "```", "", "```yaml",
+              dump_config(energy_cfg).rstrip(), "```", ""]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work-dir", type=Path, default=ROOT / "build" / "pretrained")
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "build" / "gpu_cfm")
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--max-steps", type=int, default=None, help="default: the config's")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--n-per-geometry", type=int, default=N_PER_GEOMETRY)
+    parser.add_argument("--shape-checkpoint", type=Path, default=None, help="stage-1 weights from a GPU run")
+    parser.add_argument("--shape-seconds", default="wall time not recorded", help="for the card")
+    parser.add_argument("--shape-device", default="this machine", help="for the card, e.g. 'one NVIDIA H200'")
+    parser.add_argument("--gpu-ids", default=None, help="stage 1 here on these GPUs, e.g. 0")
     parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--checkpoint", type=Path, default=None, help="ship this checkpoint (no training)")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="ship this stage-2 checkpoint (no training)")
+    parser.add_argument("--train-seconds", type=float, default=None, help="with --checkpoint: stage 2's wall time")
     parser.add_argument("--metrics", type=Path, default=None, help="fidelity_study.json for the card")
-    parser.add_argument("--train-seconds", type=float, default=None,
-                        help="with --checkpoint: the wall time of the run that wrote it, for the card")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    shipped_cfg = load_config(TrainConfig, CONFIG)
-    files = [args.work_dir / Path(f).name for f in shipped_cfg.data.files]
-    for (detector, seed), path in zip(GEOMETRIES, files, strict=True):
-        if not path.is_file():
-            print(f"simulating {N_PER_GEOMETRY} {detector} showers -> {path}", flush=True)
-            simulate(detector, N_PER_GEOMETRY, seed, path)
-    trainer = shipped_cfg.trainer
-    if args.max_steps is not None:
-        trainer = trainer.model_copy(update={"max_steps": args.max_steps})
-    cfg = shipped_cfg.model_copy(update={
-        "data": shipped_cfg.data.model_copy(update={"files": files}), "trainer": trainer,
-        "output_dir": args.work_dir / "cfm",
-        "device": shipped_cfg.device.model_copy(update={"num_threads": args.threads}),
-    })
-    cfg.tracking.dir = args.work_dir / "tracking"
+    work: Path = args.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    simulate_parts(work, args.n_per_geometry)
+    shape_cfg = _relative(load_config(TrainConfig, SHAPE_CONFIG), work, args.threads, Path("cfm_gpu"))
+    if args.gpu_ids:
+        shape_cfg = shape_cfg.model_copy(update={"device": shape_cfg.device.model_copy(
+            update={"gpu_ids": [int(g) for g in args.gpu_ids.split(",")]})})
+    energy_cfg = _relative(load_config(TrainConfig, ENERGY_CONFIG), work, args.threads, Path("cfm_energy"))
+    shape_ckpt = args.shape_checkpoint
+    if shape_ckpt is None and args.checkpoint is None:
+        t0 = time.perf_counter()
+        shape_ckpt = train_from_config(shape_cfg, resume=args.resume, progress=sys.stderr.isatty()).last_checkpoint
+        args.shape_seconds = f"{time.perf_counter() - t0:.0f} s"
     t0 = time.perf_counter()
     if args.checkpoint is None:
-        result = train_from_config(cfg, resume=args.resume, progress=sys.stderr.isatty())
+        energy_cfg = energy_cfg.model_copy(update={"transfer_from": shape_ckpt})
+        result = train_from_config(energy_cfg, resume=args.resume, progress=sys.stderr.isatty())
         assert result.last_checkpoint is not None
         checkpoint = result.last_checkpoint
+        seconds = time.perf_counter() - t0
     else:
-        checkpoint = args.checkpoint
-    seconds = time.perf_counter() - t0 if args.checkpoint is None else (args.train_seconds or float("nan"))
-    model_path = atomic_write_bytes(args.out_dir / f"{NAME}.pt", strip(checkpoint, cfg))
+        checkpoint, seconds = args.checkpoint, args.train_seconds or float("nan")
+    shape_step = int(load_checkpoint(shape_ckpt)["step"]) if shape_ckpt is not None else -1
+    provenance = {"shape_step": shape_step, "shape_device": args.shape_device, "shape_seconds": args.shape_seconds,
+                  "shape_config": dump_config(shape_cfg)}
+    model_path = atomic_write_bytes(args.out_dir / f"{NAME}.pt", strip(checkpoint, energy_cfg, provenance))
     loaded = load_model(model_path)
     info = {
         "step": int(loaded.state["step"]), "train_seconds": seconds, "threads": args.threads,
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}", "n_per_geometry": args.n_per_geometry,
+        "shape_step": shape_step, "shape_device": args.shape_device, "shape_seconds": args.shape_seconds,
         "size_bytes": model_path.stat().st_size, "sha256": sha256_file(model_path),
         "n_parameters": sum(p.numel() for p in loaded.model.parameters()),
         "metrics": json.loads(args.metrics.read_text()) if args.metrics else None,
     }
-    atomic_write_text(args.out_dir / f"{NAME}.md", card(cfg, info))
+    atomic_write_text(args.out_dir / f"{NAME}.md", card(shape_cfg, energy_cfg, info))
     index_path = args.out_dir / INDEX_NAME
     index = json.loads(index_path.read_text()) if index_path.is_file() else {"models": []}
     entry = {
         "name": NAME, "file": f"{NAME}.pt", "card": f"{NAME}.md", "mesh": "ds2", "model_type": loaded.model_type,
-        "description": DESCRIPTION,
-        "geometries": {det: slot for (det, _), slot in zip(GEOMETRIES, cfg.data.geometry_index or range(3),
-                                                           strict=True)},
-        "new_geometry_slot": 0, "sha256": info["sha256"], "size_bytes": info["size_bytes"],
+        "description": DESCRIPTION, "geometries": {det: slot for slot, (det, _) in enumerate(GEOMETRIES)},
+        "new_geometry_slot": 0, "particle": "electron", "energy_range_gev": list(ENERGY_RANGE_GEV),
+        "angle_range_deg": list(ANGLE_RANGE_DEG), "sha256": info["sha256"], "size_bytes": info["size_bytes"],
     }
     index["models"] = [m for m in index["models"] if m.get("name") != NAME] + [entry]
     atomic_write_json(index_path, index)

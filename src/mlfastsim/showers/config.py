@@ -153,6 +153,9 @@ class TrainConfig(StrictModel):
     tracking: TrackingConfig = TrackingConfig()
     output_dir: Path = Path("runs/train")
     transfer_from: Path | None = None  # load matching weights from another checkpoint of the same model type
+    # train only the parameters whose names start with these prefixes (the rest keep their initial or transferred
+    # values), e.g. a new cfm energy network on a transferred shape network: [energy].  None trains everything.
+    trainable: list[str] | None = Field(None, min_length=1)
 
     _model_type = field_validator("model", mode="before")(_default_model_type)
     _pick_data = field_validator("data", mode="before")(_data_for_model)

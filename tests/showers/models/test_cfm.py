@@ -48,10 +48,13 @@ def _model(cfg: CFMConfig | None = None) -> ShowerCFM:
                      cfg or CFMConfig(width=16, depth=1, heads=2, energy_width=16, energy_depth=1))
 
 
-def test_network_units_invert_to_the_read_out_cells(showers: tuple[torch.Tensor, torch.Tensor, np.ndarray]) -> None:
+@pytest.mark.parametrize("energy_param", ["per_layer", "total_first"])
+def test_network_units_invert_to_the_read_out_cells(showers: tuple[torch.Tensor, torch.Tensor, np.ndarray],
+                                                    energy_param: str) -> None:
     x, c, energies = showers
-    model = _model()
+    model = _model(CFMConfig(width=16, depth=1, heads=2, energy_width=16, energy_depth=1, energy_param=energy_param))
     w, y = model.to_units(x, c)
+    assert w.shape[1] == MESH.n_z + (energy_param == "total_first")
     back = model.assemble(w, y, c).numpy()
     cells = x.numpy() * energies[:, None]
     read_out = np.where(cells >= THR, x.numpy(), 0.0)
@@ -61,6 +64,20 @@ def test_network_units_invert_to_the_read_out_cells(showers: tuple[torch.Tensor,
     # energies first: the per-layer energies (and so E_tot/E_inc) are what the units carry
     np.testing.assert_allclose(back.reshape(len(x), MESH.n_z, -1).sum(2),
                                x.numpy().reshape(len(x), MESH.n_z, -1).sum(2), rtol=1e-3, atol=1e-6)
+
+
+def test_total_first_generates_exactly_the_total_its_energy_flow_gives() -> None:
+    """E_tot/E_inc is one coordinate of the energy flow: whatever the layer shares come out as, they are
+    renormalised, so the layers sum to exp(total_scale * e_0) and the shape network sees those energies."""
+    model = _model(CFMConfig(width=16, depth=1, heads=2, energy_width=16, energy_depth=1, energy_param="total_first"))
+    torch.manual_seed(3)
+    e = torch.randn(32, MESH.n_z + 1) * 2
+    u = model.layer_energies(e)
+    assert (u >= 0).all()
+    np.testing.assert_allclose(u.sum(1).numpy(), torch.exp(0.2 * e[:, 0]).numpy(), rtol=1e-5)
+    per_layer = _model()  # v1 checkpoints: the shape network sees the energy coordinates themselves
+    assert torch.equal(per_layer.shape_condition(e[:, 1:]), e[:, 1:])
+    np.testing.assert_allclose(model.shape_condition(e).numpy(), model._log_share(u).numpy(), rtol=1e-6)
 
 
 def test_generated_cells_are_exact_zeros_below_the_threshold(

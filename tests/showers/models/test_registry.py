@@ -159,3 +159,30 @@ def test_shipped_models_load_by_name() -> None:
         assert loaded.model_type == entry["model_type"]
     with pytest.raises(ConfigError, match="no shipped model named 'nope'"):
         load_model("pretrained:nope")
+
+
+def test_a_new_cfm_energy_network_trains_on_a_transferred_frozen_shape_network(
+        trained: dict[str, Path], data_files: dict[str, Path], tmp_path: Path) -> None:
+    """``transfer_from`` + ``trainable: [energy]``: how the shipped cfm got its total-first energy network on the
+    GPU-trained shape transformer (scripts/make_cfm_pretrained.py).  Shapes stay bit-identical, energies move;
+    a per_layer source gives a total_first target (the first energy layer does not match and starts fresh)."""
+    spec = MODELS["cfm"]
+    source = load_model(trained["cfm"])
+    per_layer = source.config.model_copy(update={"energy_param": "per_layer"})
+    src_cfg = TrainConfig(model=per_layer, data=spec.tiny_data([data_files["mesh"]]),
+                          trainer=TrainerConfig(max_steps=2, batch_size=16, eval_every=2, checkpoint_every=2, seed=3),
+                          output_dir=tmp_path / "src")
+    src_cfg.tracking.dir = tmp_path / "tracking"
+    first = train_from_config(src_cfg, progress=False).last_checkpoint
+    cfg = src_cfg.model_copy(update={"model": source.config, "transfer_from": first, "trainable": ["energy"],
+                                     "output_dir": tmp_path / "dst"})
+    result = train_from_config(cfg, progress=False)
+    before = load_model(first).model.state_dict()
+    after = load_model(result.last_checkpoint).model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in after if k.startswith("shape."))
+    assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("energy.")
+               and before[k].shape == after[k].shape)
+    assert after["energy.net.0.weight"].shape != before["energy.net.0.weight"].shape
+    with pytest.raises(ConfigError, match="name no parameter"):
+        train_from_config(cfg.model_copy(update={"trainable": ["energi"], "output_dir": tmp_path / "bad"}),
+                          progress=False)

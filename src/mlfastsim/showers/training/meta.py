@@ -78,6 +78,7 @@ from mlfastsim.showers.geometry import CylindricalMesh
 from mlfastsim.showers.io.native import ShowerData
 from mlfastsim.showers.models import LoadedModel, checkpoint_meta, get_model_type, load_model, require_command
 from mlfastsim.showers.pretrained import pretrained_path
+from mlfastsim.showers.training.freeze import trainable_parameters
 from mlfastsim.showers.training.train import plot_hook, sample_normalised, train_from_config, validation_reference
 
 logger = logging.getLogger(__name__)
@@ -474,32 +475,6 @@ def _check_enough_showers(model: nn.Module, files: Sequence[str | Path], n: int,
             f"{n} shower(s) leave {n_train} for training after the {cfg.data.val_fraction:g} validation split, "
             f"adaptation needs at least {need}{why}", file=", ".join(map(str, files)), field="showers",
             fix="adapt on a few dozen showers or more of the new geometry (--data FILE.h5)")
-
-
-def trainable_parameters(model: nn.Module, prefixes: list[str] | None) -> list[nn.Parameter]:
-    """The parameters to fine-tune: all, or those whose name starts with one of ``prefixes`` (the rest frozen).
-
-    Adapting a subset (say a cfm's layer-energy network, or its last blocks) keeps what pre-training learned
-    about shower shapes and needs fewer showers; a prefix that names nothing is an error, not a silent no-op.
-    """
-    named = list(model.named_parameters())
-    if prefixes is None:
-        return [p for _, p in named]
-
-    def chosen(name: str, prefix: str) -> bool:
-        return name == prefix or name.startswith(prefix.rstrip(".") + ".")
-
-    unmatched = [pre for pre in prefixes if not any(chosen(n, pre) for n, _ in named)]
-    if unmatched:
-        tops = sorted({n.split(".")[0] for n, _ in named})
-        raise ConfigError(f"trainable prefix(es) {unmatched} name no parameter of this model", field="trainable",
-                          fix=f"use dotted parameter-name prefixes, e.g. one of {tops}")
-    keep = []
-    for name, p in named:
-        p.requires_grad_(any(chosen(name, pre) for pre in prefixes))
-        if p.requires_grad:
-            keep.append(p)
-    return keep
 
 
 def adapt(cfg: AdaptConfig, *, progress: bool = True, resume: bool = False) -> AdaptResult:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from mlfastsim.core import distributed as dist_utils
-from mlfastsim.core.checkpoint import load_matching_weights
+from mlfastsim.core.checkpoint import load_matching_weights, resolve_checkpoint_ref
 from mlfastsim.core.config import load_config
 from mlfastsim.core.devices import select_device
 from mlfastsim.core.errors import ConfigError
@@ -37,6 +37,7 @@ from mlfastsim.showers.models import (
     load_model,
     require_command,
 )
+from mlfastsim.showers.training.freeze import freeze_all_but
 
 
 def sample_normalised(spec: ModelType, modules: dict[str, nn.Module], cfg: Any, norm: Normalisation,
@@ -138,10 +139,13 @@ def train_from_config(
     for module in task.modules().values():
         module.to(device)
     if cfg.transfer_from is not None:
-        source = load_model(cfg.transfer_from, expect_type=spec.name)
+        source = load_model(resolve_checkpoint_ref(cfg.transfer_from, field="transfer_from"), expect_type=spec.name)
         for name, module in task.modules().items():
             if name in source.modules:
                 load_matching_weights(module, source.modules[name].state_dict())
+    if cfg.trainable is not None:
+        # frozen weights get no gradient, so every torch optimiser leaves them (and its state for them) alone
+        freeze_all_but(task.modules(), cfg.trainable)
     with training_run(cfg, cfg.output_dir, cfg.tracking, f"train-{spec.name}") as (outdir, tracker):
         trainer = Trainer(
             task, cfg.trainer, outdir,
