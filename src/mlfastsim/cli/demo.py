@@ -28,6 +28,8 @@ def metahep(
     n_few: Annotated[int, typer.Option(help="Showers per (energy, angle) point to adapt on.")] = 100,
     n_reference: Annotated[int, typer.Option(help="Reference showers per point.")] = 400,
     adaptation_steps: Annotated[int, typer.Option(help="Adaptation (and from-scratch) steps.")] = 400,
+    cfm_steps: Annotated[int, typer.Option(help="Adaptation steps of the shipped cfm_ds2 row (0: no cfm row).")]
+    = 100,
     no_classifier: NoClsOpt = False,
     seed: Annotated[int, typer.Option(help="Base random seed.")] = 1,
 ) -> None:
@@ -40,7 +42,7 @@ def metahep(
     # MLFASTSIM_QUICK=1 (the README test): smoke-test sizes, the same steps
     results = metahep_story(output, n_few=cap("n_per_point", n_few), n_reference=cap("n_per_point", n_reference),
                             adaptation_steps=cap("adaptation_steps", adaptation_steps), seed=seed,
-                            classifier=not no_classifier)
+                            classifier=not no_classifier, cfm_steps=cap("adaptation_steps", cfm_steps))
     console.print(_metahep_table(results))
     console.print(f"reports: {output}/validate_*/report.html; ONNX model: {output / 'adapted.onnx'}")
 
@@ -83,6 +85,7 @@ def _metahep_table(results: dict[str, dict[str, Any]]) -> Table:
         table.add_column(name, justify="right")
     table.add_row("training time (s, wall clock)", *(f"{results[n]['train_s']:.1f}" for n in names))
     table.add_row("showers of the new detector used", *(str(results[n]["n_showers"]) for n in names))
+    table.add_row("showers validated (vs as many reference)", *(str(results[n].get("n_validated", "")) for n in names))
     table.add_row("generated with", *(results[n]["generator"] for n in names))
     main = _main_observables()
     sep = {n: [results[n]["metrics"]["observables"][o]["separation_power"] for o in main
