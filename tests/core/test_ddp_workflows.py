@@ -149,6 +149,30 @@ def test_showers_train_vae_two_processes_match_one(shower_file: Path, tmp_path: 
         assert sum(k.endswith("running_var") for k in one_w) == 4  # global-batch variances compared too
 
 
+def test_showers_train_cfm_two_processes_match_one(shower_file: Path, tmp_path: Path) -> None:
+    """The flow-matching family: its flow times and both noises are drawn per global sample, so two ranks
+    train exactly what one process trains on the same global batch (no batch norm: weights compared whole)."""
+    from mlfastsim.core.config import load_config
+    from mlfastsim.showers.config import TrainConfig
+    from mlfastsim.showers.training.train import train_from_config
+
+    def config(name: str) -> Path:
+        path = _vae_config(tmp_path / f"{name}.yaml", shower_file, tmp_path / name, False)
+        doc = yaml.safe_load(path.read_text())
+        doc["model"] = {"type": "cfm", "width": 16, "depth": 1, "heads": 2, "energy_width": 16, "energy_depth": 1,
+                        "time_frequencies": 2, "steps": 2, "energy_param": "total_first"}
+        path.write_text(yaml.safe_dump(doc))
+        return path
+
+    _torchrun(["showers", "train", "--config", str(config("ddp"))], tmp_path)
+    _single_thread(lambda: train_from_config(load_config(TrainConfig, config("one")), progress=False))
+    _assert_same_curves(_metrics(tmp_path / "ddp" / "tracking"), _metrics(tmp_path / "one" / "tracking"), rel=1e-4)
+    ddp_ckpt = list_checkpoints(tmp_path / "ddp" / "run" / "checkpoints")[-1][1]
+    one_ckpt = list_checkpoints(tmp_path / "one" / "run" / "checkpoints")[-1][1]
+    _assert_same_weights(load_checkpoint(ddp_ckpt)["modules"]["model"],
+                         load_checkpoint(one_ckpt)["modules"]["model"], rtol=1e-4, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------ LArTPC
 @pytest.fixture(scope="module")
 def xy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
