@@ -19,7 +19,9 @@ than internal APIs:
    * generation time per shower on CPU at batch 1 and 100 (ONNX Runtime, one thread);
 
 4. ``--curve``: the same scalar SPs (without the classifier) for every checkpoint of the WGAN and BIB-AE+PP
-   runs: the budget -> quality curve.
+   runs: the budget -> quality curve;
+5. ``--compare-to DIR``: the same table for another study's results directory (e.g. the models before a
+   change, trained on the same data with the same budget) next to this one's, columns marked "old".
 
     OMP_NUM_THREADS=1 python benchmarks/hadron_study.py --work-dir build/hadron_study [--bibae-steps 500]
 
@@ -130,6 +132,13 @@ def physics_summary(data: Any, mip_mev: float) -> dict[str, Any]:
     return out
 
 
+def response_gap(model: dict[str, Any], reference: dict[str, Any]) -> float:
+    """Largest |response(model) - response(reference)| over the incident energies: 0 when E_sum/E_inc follows
+    the reference at every energy, ~4 for a model that makes the mean training shower at every energy."""
+    pairs = zip(model["response"]["response"], reference["response"]["response"], strict=True)
+    return float(max(abs(a - b) for a, b in pairs))
+
+
 def compare(reference: Any, candidate: Any, outdir: Path, *, classifier: bool, threads: int) -> dict[str, Any]:
     """Separation powers (``showers validate``'s observables) and, optionally, the classifier AUC."""
     from mlfastsim.showers.validation.classifier import ClassifierConfig
@@ -202,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", default="wgan,bibae,postprocess")
     parser.add_argument("--curve", action="store_true", help="also evaluate every checkpoint (no classifier)")
+    parser.add_argument("--compare-to", type=Path, default=None,
+                        help="another study's results directory: its models' rows are printed as 'old ...'")
     args = parser.parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")
     from mlfastsim.showers.io.formats import read_native
@@ -246,33 +257,41 @@ def main(argv: list[str] | None = None) -> int:
     floor = _cached(res / "eval_floor.json", lambda: _floor(work, reference, args))
     ref_phys = physics_summary(reference, mip)
 
+    if args.compare_to is not None:
+        for model in ("wgan", "bibae", "postprocess"):
+            old = args.compare_to / f"eval_{model}.json"
+            if model in wanted and old.is_file():
+                results[f"old {labels[model]}"] = json.loads(old.read_text())
     cols = list(results)
     print(f"\nhadron study: {args.n_train} training pions (10-100 GeV), reference {len(reference)} at "
           f"{REF_ENERGIES_GEV[0]:.0f}-{REF_ENERGIES_GEV[-1]:.0f} GeV, 48x25x25 crop, 0.5 MIP threshold")
     print("training steps: " + ", ".join(f"{k} {v['steps']} ({v['train_s']:.0f} s)" for k, v in runs.items()))
-    head = f"{'':<34}" + "".join(f"{c:>12}" for c in cols) + f"{'ref floor':>12}{'target':>9}"
+    head = f"{'':<34}" + "".join(f"{c:>14}" for c in cols) + f"{'ref floor':>14}{'target':>9}"
     print(head)
     for key in SP_ROWS:
-        row = f"{'SP ' + key:<34}" + "".join(f"{results[c]['sp'].get(key, float('nan')):>12.3f}" for c in cols)
+        row = f"{'SP ' + key:<34}" + "".join(f"{results[c]['sp'].get(key, float('nan')):>14.3f}" for c in cols)
         target = f"{TARGETS[key]:>9.2f}" if key in TARGETS else ""
-        print(row + f"{floor['sp'].get(key, float('nan')):>12.3f}" + target)
-    print(f"{'classifier AUC (low level)':<34}" + "".join(f"{results[c]['auc']:>12.3f}" for c in cols)
-          + f"{floor['auc']:>12.3f}{'< 0.9':>9}")
+        print(row + f"{floor['sp'].get(key, float('nan')):>14.3f}" + target)
+    print(f"{'classifier AUC (low level)':<34}" + "".join(f"{results[c]['auc']:>14.3f}" for c in cols)
+          + f"{floor['auc']:>14.3f}{'< 0.9':>9}")
     phys_rows = (("empty showers", "n_empty", "d"), ("mean n_hits", "mean_n_hits", ".0f"),
                  ("mean E_sum, GeV", "mean_e_sum_gev", ".2f"), ("MIP peak, MIP", "mip_peak", ".2f"),
                  ("MIP peak width, MIP", "mip_width", ".2f"), ("mean hit energy, MIP", "mean_hit_mip", ".2f"),
                  ("mean CoG z, mm", "cog_z_mm", ".0f"))
     for name, key, fmt in phys_rows:
-        print(f"{name:<34}" + "".join(f"{results[c]['physics'][key]:>12{fmt}}" for c in cols)
-              + f"{ref_phys[key]:>12{fmt}}")
+        print(f"{name:<34}" + "".join(f"{results[c]['physics'][key]:>14{fmt}}" for c in cols)
+              + f"{ref_phys[key]:>14{fmt}}")
     for i, e in enumerate(ref_phys["response"]["e_gev"]):
         print(f"{f'response / resolution {e:.0f} GeV':<34}"
-              + "".join(f"{results[c]['physics']['response']['response'][i]:>6.3f}/"
+              + "".join(f"  {results[c]['physics']['response']['response'][i]:>6.3f}/"
                         f"{results[c]['physics']['response']['resolution'][i]:<5.3f}" for c in cols)
-              + f"{ref_phys['response']['response'][i]:>6.3f}/{ref_phys['response']['resolution'][i]:<5.3f}")
+              + f"  {ref_phys['response']['response'][i]:>6.3f}/{ref_phys['response']['resolution'][i]:<5.3f}")
+    # how far the response curve is from the reference's: the energy condition in one number per model
+    print(f"{'response max |model - ref|':<34}"
+          + "".join(f"{response_gap(results[c]['physics'], ref_phys):>14.3f}" for c in cols))
     for key, name in (("ms_per_shower_b1", "generation ms/shower, ORT b1"),
                       ("ms_per_shower_b100", "generation ms/shower, ORT b100")):
-        print(f"{name:<34}" + "".join(f"{results[c].get(key, float('nan')):>12.2f}" for c in cols))
+        print(f"{name:<34}" + "".join(f"{results[c].get(key, float('nan')):>14.2f}" for c in cols))
 
     if args.curve:
         print("\nbudget -> quality (SP, no classifier; each checkpoint of the runs above)")

@@ -6,9 +6,12 @@ Each is a :class:`~mlfastsim.showers.models.contract.ModelType` registered in
 helpers below give, per type,
 
 * ``config``: its pydantic config class (the ``model:`` section, discriminated by ``type``);
-* ``build_modules(cfg, grid_shape, *, seed)``: fresh modules with the *same names* the training task's
-  :meth:`modules` returns, so a checkpoint's ``modules`` entry loads into them with ``load_state_dict``
-  (this is how generate/export rebuild a model from a checkpoint alone);
+* ``build_modules(cfg, grid_shape, *, seed, baseline)``: fresh modules with the *same names* the training
+  task's :meth:`modules` returns, so a checkpoint's ``modules`` entry loads into them with
+  ``load_state_dict`` (this is how generate/export rebuild a model from a checkpoint alone); ``baseline``
+  is the normalisation's energy baseline (:meth:`HadronNormalisation.baseline_fields`), used by the
+  generators whose config sets ``energy_baseline`` and rebuilt from the checkpoint's normalisation, never
+  saved with the weights;
 * ``build_task(cfg, grid_shape, *, seed, aux_modules)``: the :class:`~mlfastsim.core.trainer.TrainTask`;
   ``aux_modules`` carries the frozen networks a stage builds on: ``{"regressor": ...}`` for ``wgan``
   (required when ``regressor_weight > 0``) and ``{"bibae": ...}`` for ``postprocess`` (required for a
