@@ -97,7 +97,9 @@ def score(reference: ShowerData, cand: ShowerData, out: Path, *, classifier: boo
 
 
 def ms_per_shower(model: LoadedModel, batch: int, *, steps: int | None = None, repeats: int = 2) -> float:
-    """Best-of-``repeats`` wall time of one generate call of ``batch`` showers (torch, current threads)."""
+    """Best-of-``repeats`` wall time of one generate call of ``batch`` showers (torch, current threads);
+    one repeat from batch 10k on (a long call averages over its own fluctuations)."""
+    repeats = 1 if batch >= 10000 else repeats
     m = model.with_steps(steps)
     e = np.full(batch, 50e3, dtype=np.float32)
     a = np.full(batch, 90.0, dtype=np.float32)
@@ -111,12 +113,14 @@ def ms_per_shower(model: LoadedModel, batch: int, *, steps: int | None = None, r
 
 
 def adapt_run(work: Path, name: str, pretrained: Path, data: Path, steps: int, batch: int, lr: float,
-              seed: int) -> tuple[Path, float]:
+              seed: int, trainable: list[str] | None = None) -> tuple[Path, float]:
+    sub = f" --trainable {','.join(trainable)}" if trainable else ""
     print(f"$ mlfastsim showers adapt --checkpoint {pretrained} --data {data} --set adaptation_steps={steps} "
-          f"--set batch_size={batch} --set learning_rate={lr} --set plot_freq=0 --set seed={seed}", flush=True)
+          f"--set batch_size={batch} --set learning_rate={lr} --set plot_freq=0 --set seed={seed}{sub}", flush=True)
     cfg = AdaptConfig(data=DataConfig(files=[data], geometry_index=[0]), checkpoint=pretrained,
                       adaptation_steps=steps, checkpoint_step=steps, plot_freq=0, learning_rate=lr,
-                      batch_size=batch, seed=seed, study_name=name, run_name="run", output_dir=work / "adapt")
+                      batch_size=batch, seed=seed, study_name=name, run_name="run", output_dir=work / "adapt",
+                      trainable=trainable)
     cfg.tracking.dir = work / "tracking"
     t0 = time.perf_counter()
     result = adapt(cfg, progress=False)
@@ -163,6 +167,8 @@ def main() -> None:
     parser.add_argument("--sweep-n", type=int, default=None,
                         help="reference showers in the step sweep and the curve (default: --n-ref)")
     parser.add_argument("--skip-scratch", action="store_true")
+    parser.add_argument("--cfm-trainable", default="energy,shape.final_mod,shape.out",
+                        help="an extra cfm row adapting only these parameter prefixes ('' for none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reuse", action="store_true",
                         help="keep the rows already in WORK/fidelity_study.json (an interrupted study goes on)")
@@ -212,6 +218,12 @@ def main() -> None:
                                args.seed)
         row(f"{fam} adapted, FCCeeSiW", fcc_ref, candidate(load_model(ckpt), fcc_ref, 0, args.seed),
             train_s=round(secs, 1))
+    subset = [t for t in args.cfm_trainable.split(",") if t]
+    label = f"cfm adapted ({'+'.join(subset)} only), FCCeeSiW"
+    if subset and label not in done:
+        ckpt, secs = adapt_run(work, "cfm_adapt_subset", Path(models["cfm"].path), fcc_train, args.adapt_steps,
+                               args.batch, args.cfm_lr, args.seed, trainable=subset)
+        row(label, fcc_ref, candidate(load_model(ckpt), fcc_ref, 0, args.seed), train_s=round(secs, 1))
     for fam, model in models.items():
         lr = args.cfm_lr if fam == "cfm" else args.lr
         if not args.skip_scratch and f"{fam} from scratch, FCCeeSiW" not in done:
