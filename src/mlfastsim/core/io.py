@@ -270,10 +270,19 @@ def remove_stale_tmp(directory: str | Path, name: str | None = None) -> list[Pat
 # (check_interrupt) and atomic writes notice a swallowed one and stop; the CLI then exits 130.
 _PENDING = [False]
 _DEPTH = [0]
+# Code that HDF5 calls back into (GuardedFile's methods, under h5py's file-object driver): a Ctrl-C landing
+# there is recorded and never raised.  An exception out of a write HDF5 is doing leaves HDF5's caches
+# inconsistent and the process segfaults at exit (exit 139 after "interrupted", issue 15); recorded, it is
+# raised at the next safe point instead (GuardedFile.check after each block, check_interrupt, atomic_path).
+_DEFER_CODES: set[Any] = set()
 
 
 def _on_sigint(signum: int, frame: Any) -> None:
     _PENDING[0] = True
+    while frame is not None:  # anywhere inside an HDF5 callback (a file object of GuardedFile's may be wrapped)
+        if frame.f_code in _DEFER_CODES:
+            return
+        frame = frame.f_back
     raise KeyboardInterrupt
 
 
@@ -401,9 +410,10 @@ class GuardedFile:
         self.error: OSError | None = None
 
     def check(self) -> None:
-        """Raise the first recorded write failure, if any."""
+        """Raise the first recorded write failure, if any, then a Ctrl-C that arrived during HDF5's writes."""
         if self.error is not None:
             raise self.error
+        check_interrupt()
 
     def _fail(self, exc: OSError) -> None:
         if self.error is None:
@@ -452,6 +462,9 @@ class GuardedFile:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._fh.close()
+
+
+_DEFER_CODES.update(f.__code__ for f in vars(GuardedFile).values() if hasattr(f, "__code__"))
 
 
 @contextlib.contextmanager
