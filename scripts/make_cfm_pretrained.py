@@ -83,6 +83,12 @@ def simulate_parts(work: Path, n_per_geometry: int = N_PER_GEOMETRY, parts: int 
         return [Path(p) for p in pool.map(_simulate_part, jobs)]
 
 
+def portable(cfg: TrainConfig) -> str:
+    """A config as YAML with paths under the repository written relative to it (cards and payloads carry no
+    machine's folders)."""
+    return dump_config(cfg).replace(str(ROOT) + "/", "")
+
+
 def strip(checkpoint: Path, cfg: TrainConfig, provenance: dict[str, Any] | None = None) -> bytes:
     """Weights (float32) and model metadata only, serialised in memory (fixed archive name, no local paths)."""
     state = load_checkpoint(checkpoint)
@@ -95,7 +101,7 @@ def strip(checkpoint: Path, cfg: TrainConfig, provenance: dict[str, Any] | None 
         "model_config": state["model_config"],
         "mesh": state["mesh"],
         "conditioning": state["conditioning"],
-        "pretrained": {"name": NAME, "config": dump_config(cfg), **(provenance or {})},
+        "pretrained": {"name": NAME, "config": portable(cfg), **(provenance or {})},
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -152,8 +158,8 @@ def card(shape_cfg: TrainConfig, energy_cfg: TrainConfig, info: dict[str, Any]) 
                   "The weakest observables are the per-layer centres of energy and widths near the shower maximum."]
     else:
         lines.append("Not measured in this build (pass `--metrics`).")
-    lines += ["", "## Configs", "", "```yaml", dump_config(shape_cfg).rstrip(), "```", "", "```yaml",
-              dump_config(energy_cfg).rstrip(), "```", ""]
+    lines += ["", "## Configs", "", "```yaml", portable(shape_cfg).rstrip(), "```", "", "```yaml",
+              portable(energy_cfg).rstrip(), "```", ""]
     return "\n".join(lines)
 
 
@@ -197,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint, seconds = args.checkpoint, args.train_seconds or float("nan")
     shape_step = int(load_checkpoint(shape_ckpt)["step"]) if shape_ckpt is not None else -1
     provenance = {"shape_step": shape_step, "shape_device": args.shape_device, "shape_seconds": args.shape_seconds,
-                  "shape_config": dump_config(shape_cfg)}
+                  "shape_config": portable(shape_cfg)}
     model_path = atomic_write_bytes(args.out_dir / f"{NAME}.pt", strip(checkpoint, energy_cfg, provenance))
     loaded = load_model(model_path)
     info = {
