@@ -16,7 +16,7 @@ import torch
 
 from mlfastsim.showers.conditioning.grid import HadronNormalisation, fit_energy_baseline
 from mlfastsim.showers.geometry import CartesianGrid
-from mlfastsim.showers.models.wgan import Generator, hit_nll, sample_hits
+from mlfastsim.showers.models.wgan import Generator, hit_nll, sample_hits, shifted_along_z
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,3 +77,23 @@ def test_upper_truncation_in_sampler_and_likelihood() -> None:
     one[:, 0], one[:, 1], one[:, 2] = 30.0, math.log(5.0), math.log(1.5)
     dens = torch.exp(-hit_nll(one, torch.exp(y).reshape(-1, *grid), 0.5, log_max=log_max))
     assert abs(float(torch.trapezoid(dens, y)) - 1.0) < 0.01
+
+
+def test_depth_shift_moves_the_baseline_along_z_and_starts_at_zero() -> None:
+    f = torch.randn(3, 10, 2, 2)
+    out = shifted_along_z(f, torch.tensor([0.0, 2.0, -1.5]))
+    assert torch.allclose(out[0], f)  # no shift: the field itself
+    assert torch.allclose(out[1][:, 2:], f[:, :-2])  # two layers deeper; the first layers repeat layer 0
+    assert torch.allclose(out[1][:, :2], f[:, :1].expand(3, 2, 2, 2))
+    assert torch.allclose(out[2][:, 0], 0.5 * (f[:, 1] + f[:, 2]))  # 1.5 layers shallower: interpolated
+    shift = torch.tensor([0.3], requires_grad=True)
+    shifted_along_z(f, shift).sum().backward()
+    assert shift.grad is not None and float(shift.grad.abs()) > 0  # the decoder can learn it
+    x, e, grid = _toy(200)
+    norm = HadronNormalisation(grid, 1.0, 0.5, 100.0, (10.0, 100.0), fit_energy_baseline(x, e, grid))
+    torch.manual_seed(0)
+    gen = Generator(grid.shape, 6, [8, 4], baseline=norm.baseline_fields(), depth_shift=True)
+    with torch.no_grad():
+        inputs = torch.cat([torch.randn(2000, 6), torch.full((2000, 1), 0.5)], 1)
+        spread = 12.0 * torch.tanh(10.0 * gen.shift_head(inputs))
+    assert 1.5 < float(spread.std()) < 5.0  # starts with a few layers of depth spread driven by z

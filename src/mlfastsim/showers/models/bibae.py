@@ -82,6 +82,7 @@ class BIBAEConfig(StrictModel):
     # the decoder's hit head adds the training data's energy baseline (conditioning/grid.py), so the energy
     # dependence need not pass through z (false rebuilds models made before it)
     energy_baseline: bool = False
+    depth_shift: bool = False  # with the baseline: the decoder shifts it along z per shower (interaction depth)
     recon_weight: float = Field(1.0, ge=0)
     kl_weight: float = Field(0.05, ge=0)
     mmd_weight: float = Field(1.0, ge=0)
@@ -168,7 +169,7 @@ class BIBAE(nn.Module):
         self.encoder = Encoder(grid_shape, cfg.latent_dim, cfg.encoder_channels, cfg.encoder_hidden, cfg.leaky_slope)
         self.decoder = Generator(grid_shape, cfg.latent_dim, cfg.decoder_channels, cfg.leaky_slope,
                                  output=cfg.output, hit_threshold=cfg.hit_threshold,
-                                 baseline=baseline if cfg.energy_baseline else None)
+                                 baseline=baseline if cfg.energy_baseline else None, depth_shift=cfg.depth_shift)
 
     def encode(self, x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(x, e)

@@ -111,7 +111,7 @@ def _wgan_modules(cfg: WGANConfig, grid_shape: GridShape, *, seed: int = 0, base
     def build() -> dict[str, nn.Module]:
         mods: dict[str, nn.Module] = {
             "generator": Generator(grid, cfg.latent_dim, cfg.generator_channels, cfg.leaky_slope,
-                                   baseline=_needed(cfg, baseline)),
+                                   baseline=_needed(cfg, baseline), depth_shift=cfg.depth_shift),
             "critic": Critic(grid, cfg.critic_channels, cfg.critic_hidden, layer_norm=cfg.critic_layer_norm,
                              leaky_slope=cfg.leaky_slope),
         }
@@ -293,7 +293,7 @@ class WGANModel(_GridModel):
 
     def tiny_config(self) -> WGANConfig:
         return WGANConfig(latent_dim=6, generator_channels=[8, 4], critic_channels=[4, 8], critic_hidden=16,
-                          n_critic=2, energy_baseline=True, regressor=RegressorModel().tiny_config())
+                          n_critic=2, energy_baseline=True, depth_shift=True, regressor=RegressorModel().tiny_config())
 
     def stages(self, cfg: WGANConfig) -> list[Stage]:
         return [Stage("regressor_checkpoint", "regressor", _REGRESSOR_HINT)] if cfg.regressor_weight > 0 else []
@@ -309,7 +309,8 @@ class BIBAEModel(_GridModel):
 
     def tiny_config(self) -> BIBAEConfig:
         return BIBAEConfig(latent_dim=5, encoder_channels=[4, 8], encoder_hidden=32, decoder_channels=[8, 4],
-                           critic_channels=[4, 8], critic_hidden=16, latent_critic_hidden=[16], energy_baseline=True)
+                           critic_channels=[4, 8], critic_hidden=16, latent_critic_hidden=[16], energy_baseline=True,
+                           depth_shift=True)
 
 
 class PostProcessModel(_GridModel):
