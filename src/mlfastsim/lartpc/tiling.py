@@ -30,7 +30,7 @@ from pydantic import Field, field_validator
 
 import mlfastsim.core.numba_setup  # noqa: F401  (threading layer before the kernels)
 from mlfastsim.core.config import StrictModel
-from mlfastsim.core.errors import ConfigError, DataError, InputFileError
+from mlfastsim.core.errors import ConfigError, DataError, InputFileError, MlfastsimError
 from mlfastsim.core.io import atomic_h5, ensure_writable_dir, open_h5
 from mlfastsim.core.parallel import ParallelConfig
 from mlfastsim.core.progress import progress_bar
@@ -429,8 +429,11 @@ def _done(path: Path, sources: list[str], cfg: MakeBatchesConfig) -> bool:
     """A finished batch (outputs are atomic, so existing = complete) with the same inputs and settings."""
     if not path.exists() or cfg.overwrite:
         return False
-    with open_h5(path, what="xy file") as f:
-        old = {k: _attr(f, k, path) for k in ("downsample", "x_type", "y_type", "sources")}
+    try:
+        with open_h5(path, what="xy file") as f:
+            old = {k: _attr(f, k, path) for k in ("downsample", "x_type", "y_type", "sources")}
+    except MlfastsimError:
+        return False  # not an xy file (another file or a damaged one under this batch's name): made again
     if {k: old[k] for k in ("downsample", "x_type", "y_type")} != _settings(cfg):
         raise ConfigError(f"the output directory holds xy files made with other settings "
                           f"({old['downsample']}, x_type={old['x_type']}, y_type={old['y_type']})",

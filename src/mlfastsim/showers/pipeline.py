@@ -195,19 +195,28 @@ def convert_to_file(cfg: ConvertConfig, *, progress: bool = False) -> tuple[Conv
     stamp says so, :func:`~mlfastsim.core.resume.is_done`).  A killed run resumes from its finished
     blocks (``.NAME.parts`` beside the output); the output is identical whatever the worker count.
     """
-    from mlfastsim.core.errors import ConfigError, MlfastsimError, OutputError
-    from mlfastsim.core.parallel import file_signatures
+    from mlfastsim.core.errors import ConfigError
     from mlfastsim.showers.io import formats
-    from mlfastsim.showers.io.stream import STREAM_VERSION, plan_conversion, run_conversion
 
     if cfg.target_format not in formats.WRITERS:
         raise ConfigError(f"unknown output layout {cfg.target_format!r}", field="--to",
                           fix=f"use one of {', '.join(formats.WRITERS)}")
     formats.get_reader(cfg.source_format)
-    if cfg.target_format == "par04":  # par04 writes one file per angle into a directory
-        ensure_writable_dir(cfg.output)
-    else:
+    if cfg.target_format != "par04":  # par04 writes one file per angle into a directory
         check_output_file(cfg.output)  # a directory, a device or a read-only disk: refused before reading
+        return _convert(cfg, progress=progress)
+    from mlfastsim.core.resume import job_output_dir
+
+    with job_output_dir(cfg.output):  # a refused or failed first run leaves no empty folder
+        return _convert(cfg, progress=progress)
+
+
+def _convert(cfg: ConvertConfig, *, progress: bool) -> tuple[Converted | None, bool]:
+    from mlfastsim.core.errors import MlfastsimError, OutputError
+    from mlfastsim.core.parallel import file_signatures
+    from mlfastsim.showers.io import formats
+    from mlfastsim.showers.io.stream import STREAM_VERSION, plan_conversion, run_conversion
+
     # the given paths for the joined file's provenance, their absolute form for the fingerprint and tasks
     paths = [p.resolve() for p in formats.expand_inputs(cfg.inputs, what=cfg.source_format)]
     fingerprint = config_fingerprint(cfg, file_signatures(paths), STREAM_VERSION)
