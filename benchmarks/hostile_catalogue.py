@@ -1053,12 +1053,13 @@ def main() -> None:
     global INPUTS, REFS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=2, help="cases run at once")
-    ap.add_argument("--only", default=None, help="run the cases whose name contains this text")
+    ap.add_argument("--only", default=None, help="run the cases whose name contains this text (A|B: either)")
     ap.add_argument("--dir", type=Path, default=None)
     ap.add_argument("--keep", action="store_true", help="keep the case directories")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
     args = ap.parse_args()
-    selected = [c for c in CASES if args.only is None or args.only in c.name]
+    wanted = None if args.only is None else args.only.split("|")
+    selected = [c for c in CASES if wanted is None or any(w in c.name for w in wanted)]
     if args.list:
         for c in selected:
             print(f"{c.severity:<7} {c.name}")

@@ -6,6 +6,7 @@ its outputs atomically.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -298,6 +299,8 @@ def validate_files(cfg: ValidateConfig, *, progress: bool = False) -> dict[str, 
         # leaving a mix of both runs' figures and metrics
         with job_lock(outdir):
             tracker = tracker_from_config(cfg.tracking, default_name=f"validate-{outdir.name}")
+            # without a run name the tracker's folder is new (timestamped): a refused run removes it again
+            new_run_dir = getattr(tracker, "run_dir", None) if cfg.tracking.run_name is None else None
             try:
                 tracker.log_params({"reference": str(cfg.reference), "candidate": str(cfg.candidate),
                                     "classifier": cfg.classifier, "seed": cfg.seed})
@@ -307,8 +310,16 @@ def validate_files(cfg: ValidateConfig, *, progress: bool = False) -> dict[str, 
                     progress=progress, exclude_empty=cfg.exclude_empty, threshold_mev=cfg.threshold_mev,
                     binning_mode=cfg.binning_mode, match=cfg.match_conditions,
                 )
-            finally:
+            except BaseException:
                 tracker.close()
+                if new_run_dir is not None:
+                    import shutil
+
+                    shutil.rmtree(new_run_dir, ignore_errors=True)
+                    with contextlib.suppress(OSError):  # runs/ itself, when this run made it
+                        Path(new_run_dir).parent.rmdir()
+                raise
+            tracker.close()
             atomic_write_text(outdir / "config.yaml", dump_config(cfg))
     except BaseException:
         # refused input: never leave an empty output folder behind
