@@ -32,7 +32,7 @@ from mlfastsim.belle2.decay_table import load_decay_table
 from mlfastsim.belle2.detector import SKIM_VARIABLES, simulate_event
 from mlfastsim.belle2.generator import generate
 from mlfastsim.core.errors import DataError, InputFileError
-from mlfastsim.core.io import atomic_path, check_h5_no_code, check_output_file, require_file
+from mlfastsim.core.io import atomic_path, check_free_space, check_h5_no_code, check_output_file, require_file
 from mlfastsim.core.parallel import (
     TaskCache,
     cache_dir_for,
@@ -99,6 +99,11 @@ def produce_chunk(dec_file: str | None, chunk: int, n_events: int, first_event: 
     return particles, events
 
 
+#: A lower bound of an event's bytes in the events file (a dozen particles of ~15 numbers): used to refuse a
+#: run that cannot fit on its disk, never to refuse one that can.
+MIN_BYTES_PER_EVENT = 256
+
+
 def produce(cfg: ProduceConfig, *, progress: bool = True) -> dict[str, Any]:
     """Produce ``cfg.n_events`` labelled events into ``cfg.output``; returns a summary (with the dropped BF).
 
@@ -109,6 +114,9 @@ def produce(cfg: ProduceConfig, *, progress: bool = True) -> dict[str, Any]:
     dec_file = str(cfg.dec_file) if cfg.dec_file else None
     table = load_decay_table(dec_file)  # fail early (bad DEC file) and get the report
     check_output_file(cfg.output)  # a directory, device or read-only disk fails now, not after the work
+    # sizes before any work (or the task list of -n 1e12 fills the memory): an event takes well over
+    # MIN_BYTES_PER_EVENT in the resume cache and again in the output
+    check_free_space(cfg.output, 2 * cfg.n_events * MIN_BYTES_PER_EVENT, what=f"{cfg.n_events} events")
     fingerprint = config_fingerprint(cfg, file_signatures([cfg.dec_file]) if cfg.dec_file else None)
     if is_done(cfg.output, fingerprint):  # its stamp names this job and still matches what the file holds
         check_h5_no_code(cfg.output, what="events file", fix=_TRUSTED_FIX)

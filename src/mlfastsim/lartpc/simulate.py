@@ -258,12 +258,17 @@ def simulate_chunk(cfg_json: str, first: int, n: int) -> dict[str, int]:
     return stats
 
 
+#: A lower bound of one parsed file's bytes (HDF5's own structure): to refuse what cannot fit, nothing else.
+MIN_FILE_BYTES = 2048
+
+
 def simulate_to_dir(cfg: SimulateConfig, *, progress: bool = True) -> dict[str, int]:
     """Write ``n_events x len(tpc_ids)`` parsed files; every event has its own seed (worker-independent).
 
     Idempotent like every data job (:mod:`mlfastsim.core.parallel`): a directory finished with the same
     settings is not simulated again, and a killed run resumes from its finished chunks.
     """
+    from mlfastsim.core.io import check_free_space
     from mlfastsim.core.parallel import (
         TaskCache,
         cache_dir_for,
@@ -274,6 +279,10 @@ def simulate_to_dir(cfg: SimulateConfig, *, progress: bool = True) -> dict[str, 
         mark_done,
     )
 
+    # before any work or folder (the task list of n_events = 1e12 alone fills the memory): every event and
+    # TPC is one HDF5 file of at least MIN_FILE_BYTES
+    check_free_space(cfg.output_dir, cfg.n_events * len(cfg.tpc_ids) * MIN_FILE_BYTES,
+                     what=f"{cfg.n_events} events x {len(cfg.tpc_ids)} TPCs of parsed files")
     # absolute: a Dask worker's working directory is not ours
     out = ensure_writable_dir(cfg.output_dir).resolve()
     cfg = cfg.model_copy(update={"output_dir": out})
