@@ -142,7 +142,8 @@ def card(name: str, info: dict[str, Any], runs: dict[str, dict[str, Any]], metri
         "samples hits (>= 0.5 MIP) with noise derived from the latent code, so one code gives one shower",
         "* energy condition: the hit head is the training data's energy baseline (per layer and ring, lines in "
         "log E of the hit log-odds and of the location and width of log E; `energy_baseline: true`) plus the "
-        "network's residual; the baseline rides in the file's normalisation",
+        "network's residual, moved along z by one number per shower (`depth_shift: true`, the interaction depth); "
+        "the baseline rides in the file's normalisation",
         f"* file: `{name}.pt` ({info['size_bytes']} bytes), float32 weights + model config + normalisation "
         "(optimiser, RNG and history stripped)",
         f"* sha256: `{info['sha256']}`",
