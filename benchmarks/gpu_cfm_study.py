@@ -112,9 +112,9 @@ def _bare_model(cfg: TrainConfig, n_cond: int) -> torch.nn.Module:
     return ShowerCFM(mesh.n_z, mesh.n_phi * mesh.n_r, n_cond, 1e6, cfg.model)
 
 
-def seconds_per_step(cfg: TrainConfig, device: torch.device, n_cond: int) -> float:
+def seconds_per_step(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, n_cond: int) -> float:
     """One optimisation step of this size at this batch on real shapes (random data), median of 20 after warm-up."""
-    model = _bare_model(cfg, n_cond).to(device)
+    model = model.to(device)
     mesh = load_mesh("ds2")
     opt = torch.optim.Adam(model.parameters(), lr=1e-5)
     b = cfg.trainer.batch_size
@@ -144,7 +144,9 @@ def train_variant(name: str, work: Path, budget_s: float, gpu: int, threads: int
     files = json.loads((work / "data.json").read_text())
     cfg = variant_config(name, work, [Path(f) for f in files["files"]], files["slots"], gpu, threads, batch)
     device = torch.device("cuda", gpu) if gpu >= 0 else torch.device("cpu")
-    t_step = seconds_per_step(cfg, device, 2 + len(GEOMETRIES))
+    bare = _bare_model(cfg, 2 + len(GEOMETRIES))
+    n_par = sum(p.numel() for p in bare.parameters())
+    t_step = seconds_per_step(bare, cfg, device, 2 + len(GEOMETRIES))
     # 0.7: data loading, evaluations, checkpoints.  Sharing the chip: on an H200 with four variants at once, each
     # step took 1.6x (3.3M parameters) to 2.4x (0.5M) its time alone, so count half a step per other variant.
     slowdown = max(1.0, (1 + sharing) / 2)
@@ -154,7 +156,6 @@ def train_variant(name: str, work: Path, budget_s: float, gpu: int, threads: int
         "max_steps": steps, "eval_every": every // 2, "checkpoint_every": every,
         "keep_checkpoints": None if VARIANTS[name][3] else 2})})
     (work / f"{name}.yaml").write_text(dump_config(cfg))
-    n_par = sum(p.numel() for p in _bare_model(cfg, 2 + len(GEOMETRIES)).parameters())
     print(f"[{name}] {n_par:,} parameters, {1e3 * t_step:.1f} ms/step alone -> {steps} steps at batch "
           f"{cfg.trainer.batch_size}", flush=True)
     t0 = time.perf_counter()

@@ -38,15 +38,14 @@ import torch
 from mlfastsim.core.checkpoint import load_checkpoint
 from mlfastsim.core.config import dump_config, load_config
 from mlfastsim.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from mlfastsim.showers.config import SimulateConfig, TrainConfig
+from mlfastsim.showers.config import TrainConfig
 from mlfastsim.showers.models import load_model
-from mlfastsim.showers.pipeline import simulate_to_file
 from mlfastsim.showers.pretrained import INDEX_NAME, sha256_file
 from mlfastsim.showers.training.train import train_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from make_pretrained import ANGLE_RANGE_DEG, ENERGY_RANGE_GEV, GEOMETRIES  # noqa: E402
+from make_pretrained import ANGLE_RANGE_DEG, ENERGY_RANGE_GEV, GEOMETRIES, simulate  # noqa: E402
 
 NAME = "cfm_ds2"
 SHAPE_CONFIG = ROOT / "configs" / "showers" / "cfm_gpu.yaml"
@@ -61,9 +60,7 @@ DESCRIPTION = ("Conditional flow-matching layer transformer (E_tot/E_inc first, 
 def _simulate_part(job: tuple[str, int, int, str]) -> str:
     detector, n, seed, path = job
     if not Path(path).is_file():
-        simulate_to_file(SimulateConfig(detector=detector, mesh="ds2", particle="electron",
-                                        energy_range_gev=ENERGY_RANGE_GEV, angle_range_deg=ANGLE_RANGE_DEG,
-                                        n_per_point=n, seed=seed, output=Path(path)))
+        simulate(detector, n, seed, Path(path))
     return path
 
 

@@ -82,6 +82,11 @@ class CFMConfig(StrictModel):
     total_scale: float = Field(0.2, gt=0)  # total_first: network units of log(E_tot / E_inc)
 
 
+def n_energy_coordinates(cfg: CFMConfig, n_layers: int) -> int:
+    """Width of the energy flow (and of its noise in the sampler's input): one per layer, plus the total."""
+    return n_layers + (1 if cfg.energy_param == "total_first" else 0)
+
+
 def _time_features(t: torch.Tensor, n: int) -> torch.Tensor:
     """(B,) -> (B, 2n) sinusoidal features of the flow time in [0, 1]."""
     freqs = torch.pow(2.0, torch.arange(n, dtype=t.dtype, device=t.device)) * math.pi
@@ -179,7 +184,7 @@ class ShowerCFM(nn.Module):
         self.n_layers, self.patch, self.n_cond = n_layers, patch, n_cond
         self.max_energy_mev = float(max_energy_mev)
         self.cfg = cfg
-        self.n_energy = n_layers + (1 if cfg.energy_param == "total_first" else 0)
+        self.n_energy = n_energy_coordinates(cfg, n_layers)
         self.energy = EnergyNet(self.n_energy, n_cond, cfg)
         self.shape = ShapeNet(n_layers, patch, n_cond, cfg)
 
@@ -360,7 +365,7 @@ class CFMModel(ModelType):
     def latent_width(self, cfg: CFMConfig, norm: Normalisation) -> int:
         """One noise value per energy coordinate and one per cell: the ODEs start from noise of the data's shape."""
         mesh = norm.geometry
-        return mesh.n_z + (1 if cfg.energy_param == "total_first" else 0) + mesh.n_voxels
+        return n_energy_coordinates(cfg, mesh.n_z) + mesh.n_voxels
 
     def sampler(self, modules: dict[str, nn.Module], cfg: CFMConfig, norm: Normalisation, *,
                 voxel_order: str = "native") -> CFMSampler:
@@ -373,7 +378,7 @@ class CFMModel(ModelType):
     def sidecar_fields(self, cfg: CFMConfig, norm: Normalisation, latent_dim: int, voxel_order: str,
                        onnx_file: str) -> dict[str, Any]:
         assert isinstance(norm, EMNormalisation)
-        n_e = norm.geometry.n_z + (1 if cfg.energy_param == "total_first" else 0)
+        n_e = n_energy_coordinates(cfg, norm.geometry.n_z)
         return {
             "n_geometry_slots": norm.conditioning.n_geometry_slots,
             "max_energy_mev": norm.conditioning.max_energy_gev * 1000.0,
