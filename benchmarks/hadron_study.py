@@ -1,4 +1,5 @@
-"""Hadron study (issue 14): WGAN, BIB-AE and BIB-AE + post-processor against fresh reference pions.
+"""Hadron study (issue 14): WGAN, BIB-AE, BIB-AE + post-processor and flow matching (cfm_grid) against fresh
+reference pions.
 
 Everything runs through the ``mlfastsim`` command line (in process), so the study follows the CLI rather
 than internal APIs:
@@ -6,8 +7,9 @@ than internal APIs:
 1. simulate ``--n-train`` charged pions (uniform 10-100 GeV, seed 1) on hcal48 for training, and a fresh
    reference (seed 2) at 10, 20, ..., 100 GeV, ``--n-ref-per-point`` each (the 0.5 MIP readout threshold of
    the calorimeter applies to both);
-2. train the energy regressor and the WGAN, the BIB-AE and its post-processor from ``configs/hadrons/*.yaml``
-   (step counts here are the CPU budget; a run that exists is reused);
+2. train the energy regressor and the WGAN, the BIB-AE and its post-processor, and the flow-matching layer
+   transformer (``cfm_grid``: ``cfm.yaml``, then its energy network alone, ``cfm_energy.yaml``) from
+   ``configs/hadrons/*.yaml`` (step counts here are the CPU budget; a run that exists is reused);
 3. generate showers at the reference's energies from every model and compare them with the reference on
    the 48 x 25 x 25 crop, printing the observables of arXiv:2112.09709:
 
@@ -207,9 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--regressor-steps", type=int, default=200)
     parser.add_argument("--bibae-steps", type=int, default=120)
     parser.add_argument("--pp-steps", type=int, default=50)
+    parser.add_argument("--cfm-steps", type=int, default=6000)
+    parser.add_argument("--cfm-energy-steps", type=int, default=8000, help="stage 2: the energy network alone")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--models", default="wgan,bibae,postprocess")
+    parser.add_argument("--models", default="wgan,bibae,postprocess,cfm")
     parser.add_argument("--curve", action="store_true", help="also evaluate every checkpoint (no classifier)")
     parser.add_argument("--compare-to", type=Path, default=None,
                         help="another study's results directory: its models' rows are printed as 'old ...'")
@@ -244,11 +248,18 @@ def main(argv: list[str] | None = None) -> int:
             "train-postprocess", "postprocess.yaml", work / "runs" / "postprocess", train_file, args.pp_steps,
             args.seed, ["--set", f"model.bibae_checkpoint={runs['bibae']['checkpoint']}"]))
 
+    if "cfm" in wanted:
+        runs["cfm_shape"] = _cached(res / "train_cfm_shape.json", lambda: _train(
+            "train", "cfm.yaml", work / "runs" / "cfm", train_file, args.cfm_steps, args.seed, []))
+        runs["cfm"] = _cached(res / "train_cfm.json", lambda: _train(
+            "train", "cfm_energy.yaml", work / "runs" / "cfm_energy", train_file, args.cfm_energy_steps, args.seed,
+            ["--set", f"transfer_from={runs['cfm_shape']['checkpoint']}"]))
+
     reference = _crop(read_native(ref_file))
     mip = float(reference.meta["calorimeter"]["derived"]["mip_mev"])
-    labels = {"wgan": "WGAN", "bibae": "BIB-AE", "postprocess": "BIB-AE+PP"}
+    labels = {"wgan": "WGAN", "bibae": "BIB-AE", "postprocess": "BIB-AE+PP", "cfm": "CFM"}
     results: dict[str, dict[str, Any]] = {}
-    for model in (m for m in ("wgan", "bibae", "postprocess") if m in wanted):
+    for model in (m for m in labels if m in wanted):
         label = labels[model]
         results[label] = _cached(res / f"eval_{model}.json", lambda model=model, label=label: evaluate(
             label, Path(runs[model]["checkpoint"]), reference, work, classifier=True, threads=args.threads))
@@ -258,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     ref_phys = physics_summary(reference, mip)
 
     if args.compare_to is not None:
-        for model in ("wgan", "bibae", "postprocess"):
+        for model in labels:
             old = args.compare_to / f"eval_{model}.json"
             if model in wanted and old.is_file():
                 results[f"old {labels[model]}"] = json.loads(old.read_text())
@@ -296,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.curve:
         print("\nbudget -> quality (SP, no classifier; each checkpoint of the runs above)")
         print(f"{'model':<12}{'steps':>7}{'train s':>9}" + "".join(f"{k:>22}" for k in TARGETS) + f"{'empty':>7}")
-        for model, label in (("wgan", "WGAN"), ("postprocess", "BIB-AE+PP"), ("bibae", "BIB-AE")):
+        for model, label in (("wgan", "WGAN"), ("postprocess", "BIB-AE+PP"), ("bibae", "BIB-AE"), ("cfm", "CFM")):
             if model not in runs:
                 continue
             for ckpt in sorted((Path(runs[model]["checkpoint"]).parent).glob("step_*.pt")):

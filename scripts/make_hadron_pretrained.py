@@ -1,20 +1,23 @@
-"""Rebuild the shipped hadron models ``wgan_hcal48_pion`` and ``bibae_pp_hcal48_pion`` (weights, cards, index).
+"""Rebuild the shipped hadron models ``wgan_hcal48_pion``, ``bibae_pp_hcal48_pion`` and ``cfm_hcal48_pion``
+(weights, cards, index).
 
 1. simulate the training pions exactly as ``benchmarks/hadron_study.py`` does (4000 charged pions, uniform
    10-100 GeV, seed 1, hcal48, steel/scintillator, 0.5 MIP threshold);
-2. train with ``configs/hadrons/*.yaml`` through the CLI, seed 0, on the CPU: regressor -> WGAN and
-   BIB-AE -> post-processor, with the step counts below (the benchmark's defaults, so a benchmark work
-   directory can be reused with ``--work-dir``: existing runs are not retrained);
+2. train with ``configs/hadrons/*.yaml`` through the CLI, seed 0, on the CPU: regressor -> WGAN,
+   BIB-AE -> post-processor, and the flow-matching model (one stage), with the step counts below (the
+   benchmark's defaults, so a benchmark work directory can be reused with ``--work-dir``: existing runs are
+   not retrained);
 3. strip each final checkpoint to float32 weights + model metadata (no optimiser, RNG or history) and
    write it with a fixed archive name, so the same run gives the same bytes;
 4. write ``<name>.pt``, the model card ``<name>.md`` (with the benchmark's numbers when ``--metrics`` points
-   at a ``hadron_study`` results directory) and the two entries of ``index.json`` (sha256; other entries
-   are kept).
+   at a ``hadron_study`` results directory) and their entries of ``index.json`` (sha256; other entries
+   are kept); ``--models`` writes a subset (the others' files stay as they are).
 
-Runs on the CPU with one thread (``OMP_NUM_THREADS=1``); same machine type and torch version, same bytes.
+Runs on the CPU (``OMP_NUM_THREADS=1``; the flow-matching run takes the two threads of its config); same
+machine type, thread count and torch version, same bytes.
 
     OMP_NUM_THREADS=1 python scripts/make_hadron_pretrained.py [--work-dir build/hadron_study]
-        [--out-dir src/mlfastsim/data/pretrained] [--metrics build/hadron_study/results]
+        [--out-dir src/mlfastsim/data/pretrained] [--metrics build/hadron_study/results] [--models NAME,...]
 """
 
 from __future__ import annotations
@@ -36,17 +39,36 @@ from mlfastsim.showers.pretrained import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "src" / "mlfastsim" / "data" / "pretrained"
-STEPS = {"regressor": 200, "wgan": 120, "bibae": 120, "postprocess": 50}
-MODELS = {
+STEPS = {"regressor": 200, "wgan": 120, "bibae": 120, "postprocess": 50, "cfm_shape": 6000, "cfm": 8000}
+_BASELINE = ("* energy condition: the hit head is the training data's energy baseline (per layer and ring, lines in "
+             "log E of the hit log-odds and of the location and width of log E; `energy_baseline: true`) plus the "
+             "network's residual, moved along z by one number per shower (`depth_shift: true`, the interaction "
+             "depth); the baseline rides in the file's normalisation")
+_SAMPLED = ("* output: cell energies in MeV with the calorimeter's 0.5 MIP readout threshold applied; the generator "
+            "samples hits (>= 0.5 MIP) with noise derived from the latent code, so one code gives one shower")
+MODELS: dict[str, dict[str, Any]] = {
     "wgan_hcal48_pion": {
-        "run": "wgan", "label": "WGAN",
+        "run": "wgan", "label": "WGAN", "stages": ["regressor", "wgan"], "what": [_SAMPLED, _BASELINE],
         "description": "conditional 3D WGAN-GP (hits output, energy constrainer) for charged pions of 10-100 GeV "
                        "on the hcal48 grid, 48 x 25 x 25 crop; small CPU model",
     },
     "bibae_pp_hcal48_pion": {
-        "run": "postprocess", "label": "BIB-AE+PP",
+        "run": "postprocess", "label": "BIB-AE+PP", "stages": ["bibae", "postprocess"], "what": [_SAMPLED, _BASELINE],
         "description": "BIB-AE (hits decoder) + post-processor for charged pions of 10-100 GeV on the hcal48 grid, "
                        "48 x 25 x 25 crop; small CPU model",
+    },
+    "cfm_hcal48_pion": {
+        "run": "cfm", "label": "CFM", "stages": ["cfm_shape", "cfm"],
+        "what": ["* output: cell energies in MeV with the 0.5 MIP readout threshold applied (exact zeros below it); "
+                 "the input row is noise of the shower's shape (energy coordinates, then one per cell) and the "
+                 "energy, and the ODE solver (8 Euler steps for the cells, 32 for the energies) runs inside the "
+                 "model and its ONNX graph",
+                 "* what it learns: a flow over E_sum/E_inc, each layer's share of it and each layer's number of "
+                 "hits (`occupancy: counted`), then a layer transformer with a per-cell head over log(cell / 0.5 "
+                 "MIP); each layer keeps its generated number of hits, those of highest value, scaled to its "
+                 "generated energy (`src/mlfastsim/showers/models/cfm_grid.py`)"],
+        "description": "conditional flow matching (layer transformer; E_sum, layer energies and hit counts first) "
+                       "for charged pions of 10-100 GeV on the hcal48 grid, 48 x 25 x 25 crop; small CPU model",
     },
 }
 
@@ -60,8 +82,8 @@ def _study() -> Any:
     return mod
 
 
-def train_all(work: Path, seed: int) -> dict[str, dict[str, Any]]:
-    """The four runs (reused when their last checkpoint exists)."""
+def train_all(work: Path, seed: int, wanted: set[str]) -> dict[str, dict[str, Any]]:
+    """The runs the ``wanted`` stages need (reused when their last checkpoint exists)."""
     study = _study()
     train_file = work / "pions_train.h5"
     if not train_file.is_file():
@@ -71,17 +93,22 @@ def train_all(work: Path, seed: int) -> dict[str, dict[str, Any]]:
     recipe = (("regressor", "train-regressor", "regressor.yaml", []),
               ("wgan", "train", "wgan.yaml", ["regressor"]),
               ("bibae", "train", "bibae.yaml", []),
-              ("postprocess", "train-postprocess", "postprocess.yaml", ["bibae"]))
+              ("postprocess", "train-postprocess", "postprocess.yaml", ["bibae"]),
+              ("cfm_shape", "train", "cfm.yaml", []),
+              ("cfm", "train", "cfm_energy.yaml", ["cfm_shape"]))
     for name, command, config, needs in recipe:
-        run_dir = work / "runs" / name
+        if name not in wanted:
+            continue
+        run_dir = work / "runs" / {"cfm_shape": "cfm", "cfm": "cfm_energy"}.get(name, name)
         cached = work / "results" / f"train_{name}.json"
         if cached.is_file():
             runs[name] = json.loads(cached.read_text())
             continue
         extra: list[str] = []
         for dep in needs:
-            key = "regressor_checkpoint" if dep == "regressor" else "bibae_checkpoint"
-            extra += ["--set", f"model.{key}={runs[dep]['checkpoint']}"]
+            key = {"regressor": "model.regressor_checkpoint", "bibae": "model.bibae_checkpoint",
+                   "cfm_shape": "transfer_from"}[dep]
+            extra += ["--set", f"{key}={runs[dep]['checkpoint']}"]
         runs[name] = study._train(command, config, run_dir, train_file, STEPS[name], seed, extra)
         cached.parent.mkdir(parents=True, exist_ok=True)
         cached.write_text(json.dumps(runs[name], indent=1))
@@ -131,19 +158,14 @@ def _metrics_table(metrics_dir: Path | None, label: str, model_key: str) -> list
 
 def card(name: str, info: dict[str, Any], runs: dict[str, dict[str, Any]], metrics_dir: Path | None) -> str:
     spec = MODELS[name]
-    stages = ["regressor", "wgan"] if spec["run"] == "wgan" else ["bibae", "postprocess"]
+    stages = spec["stages"]
     train_s = sum(runs[s]["train_s"] for s in stages)
     lines = [
         f"# {name}", "", spec["description"] + ".", "",
         "## What it is", "",
         f"* model type `{info['model_type']}`, mesh `hcal48` (48 layers x 25 x 25 cells of 30 x 30 x 26.5 mm around "
         "the axis), particle `pion`, incident energy 10-100 GeV (outside: extrapolation, with a warning)",
-        "* output: cell energies in MeV with the calorimeter's 0.5 MIP readout threshold applied; the generator "
-        "samples hits (>= 0.5 MIP) with noise derived from the latent code, so one code gives one shower",
-        "* energy condition: the hit head is the training data's energy baseline (per layer and ring, lines in "
-        "log E of the hit log-odds and of the location and width of log E; `energy_baseline: true`) plus the "
-        "network's residual, moved along z by one number per shower (`depth_shift: true`, the interaction depth); "
-        "the baseline rides in the file's normalisation",
+        *spec["what"],
         f"* file: `{name}.pt` ({info['size_bytes']} bytes), float32 weights + model config + normalisation "
         "(optimiser, RNG and history stripped)",
         f"* sha256: `{info['sha256']}`",
@@ -152,8 +174,9 @@ def card(name: str, info: dict[str, Any], runs: dict[str, dict[str, Any]], metri
         "* data: 4000 simulated charged pions (`showers simulate --particle pion --grid hcal48 --energy-range-gev "
         "10:100 --n-per-point 4000 --seed 1`; the two-component Bock et al. simulator, not Geant4)",
         "* stages: " + ", ".join(f"`{s}` {runs[s]['steps']} steps ({runs[s]['train_s'] / 60:.1f} min)" for s in stages)
-        + f" with `configs/hadrons/*.yaml`, seed 0: {train_s / 60:.0f} min of wall time on one shared CPU core "
-        "(the machine ran other jobs; the 1 h / 2-core budget of issue 14 was not used up)",
+        + f" with `configs/hadrons/*.yaml`, seed 0: {train_s / 60:.0f} min of wall time on the CPU "
+        f"({'two threads, a quiet machine' if spec['run'] == 'cfm' else 'one shared core'}; the 1 h / 2-core budget "
+        "of issue 14)",
         f"* built with torch {torch.__version__}, Python {platform.python_version()}",
         "* full-size settings for a GPU are in the comments of the configs",
         "", "## Metrics", "", *_metrics_table(metrics_dir, spec["label"], spec["run"]),
@@ -172,13 +195,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
     parser.add_argument("--metrics", type=Path, default=None, help="hadron_study results directory")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", default=",".join(MODELS), help="which shipped models to write")
     args = parser.parse_args(argv)
+    names = [n for n in args.models.split(",") if n]
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown model {unknown[0]!r}; use some of {', '.join(MODELS)}")
     torch.set_num_threads(1)
-    runs = train_all(args.work_dir, args.seed)
+    runs = train_all(args.work_dir, args.seed, {s for n in names for s in MODELS[n]["stages"]})
     args.out_dir.mkdir(parents=True, exist_ok=True)
     index_path = args.out_dir / "index.json"
     index = json.loads(index_path.read_text()) if index_path.is_file() else {"models": []}
-    for name, spec in MODELS.items():
+    for name in names:
+        spec = MODELS[name]
         data = strip(Path(runs[spec["run"]]["checkpoint"]), name)
         path = args.out_dir / f"{name}.pt"
         atomic_write_bytes(path, data)

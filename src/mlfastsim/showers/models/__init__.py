@@ -21,6 +21,7 @@ from mlfastsim.core.pretrained import is_pretrained
 from mlfastsim.showers.geometry import Mesh
 from mlfastsim.showers.io.native import same_mesh
 from mlfastsim.showers.models.cfm import CFMModel
+from mlfastsim.showers.models.cfm_grid import GridCFMModel
 from mlfastsim.showers.models.contract import (
     LoadedModel,
     ModelType,
@@ -41,7 +42,7 @@ __all__ = [
 #: Every model type a user trains or generates with, by name.
 MODELS: dict[str, ModelType] = {
     spec.name: spec for spec in (VAEModel(), CFMModel(), WGANModel(), BIBAEModel(), PostProcessModel(),
-                                    RegressorModel())
+                                    RegressorModel(), GridCFMModel())
 }
 
 

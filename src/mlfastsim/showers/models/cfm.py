@@ -55,6 +55,7 @@ from mlfastsim.showers.models.vae import VAEModel
 READOUT_THRESHOLD_MEV = 15.15e-3
 # fixed affine maps to O(1) network units (the same for every geometry, so adaptation keeps them)
 _W_SHIFT, _W_SCALE = 7.0, 4.0
+_N_SHIFT, _N_SCALE = 1.5, 1.5  # hit counts: (log(1 + n) - 1.5) / 1.5, i.e. -1 for none, 2 for ~90 hits
 
 
 class CFMConfig(StrictModel):
@@ -80,10 +81,21 @@ class CFMConfig(StrictModel):
     # written before the option (cfm_ds2 v1), whose configs do not name it
     energy_param: Literal["per_layer", "total_first"] = "per_layer"
     total_scale: float = Field(0.2, gt=0)  # total_first: network units of log(E_tot / E_inc)
+    # hidden width of the per-cell head (0: none, the token's linear read-out alone; see ShapeNet)
+    cell_head: int = Field(0, ge=0)
+    # which cells of a layer are hits: "threshold" = where the generated y > 0; "counted" = the energy flow also
+    # learns each layer's hit count and the assembly keeps that many cells of highest y (sparse data, where a
+    # flow trained by least squares under-produces the rare hits: see ShowerCFM.assemble)
+    occupancy: Literal["threshold", "counted"] = "threshold"
 
 
 def n_energy_coordinates(cfg: CFMConfig, n_layers: int) -> int:
-    """Width of the energy flow (and of its noise in the sampler's input): one per layer, plus the total."""
+    """Width of the energy flow (and of its noise in the sampler's input): one per layer, plus the total, plus
+    one hit count per layer (``occupancy: counted``)."""
+    return _n_energy_part(cfg, n_layers) + (n_layers if cfg.occupancy == "counted" else 0)
+
+
+def _n_energy_part(cfg: CFMConfig, n_layers: int) -> int:
     return n_layers + (1 if cfg.energy_param == "total_first" else 0)
 
 
@@ -145,13 +157,22 @@ class _Block(nn.Module):
 
 
 class ShapeNet(nn.Module):
-    """Velocity field of the cells: a transformer over layers (one token = one layer's cells)."""
+    """Velocity field of the cells: a transformer over layers (one token = one layer's cells).
+
+    The token is ``width`` numbers for the layer's ``patch`` cells.  The velocity of a cell is ``x_1 - z``,
+    its own noise included, so a token narrower than its patch cannot carry it through: fine on the ds2 mesh
+    (144 cells, width 128-192), not on the hadron grid (625 cells).  There ``cell_head > 0`` adds a per-cell
+    MLP that reads the cell's own value ``y_t``, its position in the layer (a learnt embedding) and the
+    token's context, so each cell decides "hit or not, and how hot" from its own noise and the layer's
+    state (measured on hcal48 pions: without it the hits were spread evenly over the 25 x 25 cells).
+    """
 
     def __init__(self, n_layers: int, patch: int, n_cond: int, cfg: CFMConfig) -> None:
         super().__init__()
         d = cfg.width
         self.n_freq = cfg.time_frequencies
-        self.embed = nn.Linear(patch + 1, d)  # the layer's cells and its energy
+        # the layer's cells, its energy and (occupancy: counted) its hit count
+        self.embed = nn.Linear(patch + (2 if cfg.occupancy == "counted" else 1), d)
         self.pos = nn.Parameter(torch.randn(1, n_layers, d) * 0.02)
         self.cond = nn.Sequential(nn.Linear(n_cond + 2 * cfg.time_frequencies, d), nn.SiLU(), nn.Linear(d, d))
         self.blocks = nn.ModuleList(_Block(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
@@ -161,30 +182,53 @@ class ShapeNet(nn.Module):
         for layer in (self.final_mod, self.out):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        self.cell: nn.ModuleDict | None = None
+        if cfg.cell_head > 0:
+            h = cfg.cell_head
+            self.cell = nn.ModuleDict({"context": nn.Linear(d, h), "value": nn.Linear(1, h, bias=False),
+                                       "hidden": nn.Linear(h, h), "out": nn.Linear(h, 1)})
+            self.cell_pos = nn.Parameter(torch.randn(patch, h) * 0.02)
+            nn.init.zeros_(self.cell["out"].weight)
+            nn.init.zeros_(self.cell["out"].bias)
 
     def forward(self, y: torch.Tensor, w: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """y: (B, L, P) cells at time t; w: (B, L) layer energies; cond: (B, C); t: (B,) -> (B, L, P)."""
-        h = self.embed(torch.cat([y, w[:, :, None]], dim=2)) + self.pos
+        """y: (B, L, P) cells at time t; w: (B, L) or (B, L, k) per-layer inputs; cond: (B, C); t: (B,) ->
+        (B, L, P)."""
+        h = self.embed(torch.cat([y, w[:, :, None] if w.ndim == 2 else w], dim=2)) + self.pos
         emb = nn.functional.silu(self.cond(torch.cat([cond, _time_features(t, self.n_freq)], dim=1)))
         for block in self.blocks:
             h = block(h, emb)
         shift, scale = self.final_mod(emb)[:, None, :].chunk(2, dim=2)
-        return self.out(self.norm(h) * (1 + scale) + shift)
+        h = self.norm(h) * (1 + scale) + shift
+        v = self.out(h)
+        if self.cell is None:
+            return v
+        cell = self.cell  # (B, L, P, hidden): the cell's value, its place in the layer, the layer's context
+        a = nn.functional.silu(cell["context"](h)[:, :, None, :] + self.cell_pos + cell["value"](y[..., None]))
+        return v + cell["out"](nn.functional.silu(cell["hidden"](a)))[..., 0]
 
 
 class ShowerCFM(nn.Module):
     """Both velocity fields and the maps between cells / E_inc and their network units.
 
     ``max_energy_mev`` (from the conditioning) turns the E/MAX condition into MeV for the threshold; it is
-    rebuilt from the checkpoint's conditioning, not stored as a weight.
+    rebuilt from the checkpoint's conditioning, not stored as a weight.  ``threshold_mev`` is where a cell
+    starts to exist for the flow (``cfg.readout_threshold_mev`` when not given; the grid family passes its
+    calorimeter's readout threshold).
     """
 
-    def __init__(self, n_layers: int, patch: int, n_cond: int, max_energy_mev: float, cfg: CFMConfig) -> None:
+    def __init__(self, n_layers: int, patch: int, n_cond: int, max_energy_mev: float, cfg: CFMConfig, *,
+                 threshold_mev: float | None = None) -> None:
         super().__init__()
         self.n_layers, self.patch, self.n_cond = n_layers, patch, n_cond
         self.max_energy_mev = float(max_energy_mev)
+        self.threshold_mev = float(cfg.readout_threshold_mev if threshold_mev is None else threshold_mev)
         self.cfg = cfg
         self.n_energy = n_energy_coordinates(cfg, n_layers)
+        self._n_part = _n_energy_part(cfg, n_layers)  # the energy coordinates; the hit counts follow them
+        # occupancy: counted: the smallest signal a kept cell starts from, log(signal / threshold) (the threshold
+        # itself here; the grid family sets its MIP)
+        self.hit_floor_log = 0.0
         self.energy = EnergyNet(self.n_energy, n_cond, cfg)
         self.shape = ShapeNet(n_layers, patch, n_cond, cfg)
 
@@ -195,55 +239,96 @@ class ShowerCFM(nn.Module):
     def _share(self, w: torch.Tensor) -> torch.Tensor:
         return (torch.exp(w * _W_SCALE - _W_SHIFT) - self.cfg.energy_floor).clamp_min(0.0)
 
-    def energy_units(self, u: torch.Tensor) -> torch.Tensor:
-        """Layer energies / E_inc (B, L) -> the energy flow's coordinates (B, n_energy)."""
+    def energy_units(self, u: torch.Tensor, n: torch.Tensor | None = None) -> torch.Tensor:
+        """Layer energies / E_inc (B, L) and hit counts n (B, L) -> the energy flow's coordinates (B, n_energy)."""
         if self.cfg.energy_param == "per_layer":
-            return self._log_share(u)
-        total = u.sum(dim=1, keepdim=True).clamp_min(1e-3)
-        return torch.cat([torch.log(total) / self.cfg.total_scale, self._log_share(u / total)], dim=1)
+            w = self._log_share(u)
+        else:
+            total = u.sum(dim=1, keepdim=True).clamp_min(1e-3)
+            w = torch.cat([torch.log(total) / self.cfg.total_scale, self._log_share(u / total)], dim=1)
+        if self.cfg.occupancy == "counted":
+            assert n is not None
+            w = torch.cat([w, (torch.log1p(n) - _N_SHIFT) / _N_SCALE], dim=1)
+        return w
 
     def layer_energies(self, e: torch.Tensor) -> torch.Tensor:
         """The energy flow's coordinates (B, n_energy) -> layer energies / E_inc (B, L), never negative."""
         if self.cfg.energy_param == "per_layer":
-            return self._share(e)
+            return self._share(e[:, :self.n_layers])
         total = torch.exp((e[:, :1] * self.cfg.total_scale).clamp(max=5.0))
-        shares = self._share(e[:, 1:])
+        shares = self._share(e[:, 1:self._n_part])
         return total * shares / shares.sum(dim=1, keepdim=True).clamp_min(1e-30)
 
+    def hit_counts(self, e: torch.Tensor) -> torch.Tensor:
+        """``occupancy: counted``: the energy flow's coordinates -> hits per layer (B, L), whole numbers in [0, P]."""
+        n = torch.expm1((e[:, self._n_part:] * _N_SCALE + _N_SHIFT).clamp(max=20.0))
+        return torch.round(n).clamp(0.0, float(self.patch))
+
     def shape_condition(self, e: torch.Tensor) -> torch.Tensor:
-        """What the shape network sees of the layer energies: ``(log(E_layer / E_inc + floor) + 7) / 4``."""
+        """What the shape network sees per layer: ``(log(E_layer / E_inc + floor) + 7) / 4`` (B, L), and with
+        ``occupancy: counted`` the hit-count coordinate next to it (B, L, 2)."""
         if self.cfg.energy_param == "per_layer":
-            return e  # already that (kept bit-identical for per_layer checkpoints)
-        return self._log_share(self.layer_energies(e))
+            w = e[:, :self.n_layers]  # already that (kept bit-identical for per_layer checkpoints)
+        else:
+            w = self._log_share(self.layer_energies(e))
+        if self.cfg.occupancy == "counted":
+            return torch.stack([w, e[:, self._n_part:]], dim=2)
+        return w
 
     def to_units(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cells / E_inc (B, n_voxels) -> (energy-flow coordinates (B, n_energy), cells y (B, L, P))."""
         cfg = self.cfg
         cells = x.reshape(-1, self.n_layers, self.patch)
-        w = self.energy_units(cells.sum(dim=2))
         e_mev = (c[:, 0] * self.max_energy_mev)[:, None, None]
-        thr = max(cfg.readout_threshold_mev, 1e-12)
+        thr = max(self.threshold_mev, 1e-12)
         mev = cells * e_mev
         hit = mev >= thr
+        w = self.energy_units(cells.sum(dim=2), hit.sum(dim=2).to(x.dtype))
         y = torch.where(hit, torch.log(mev.clamp_min(thr) / thr), torch.full_like(mev, cfg.empty_value))
         return w, y / cfg.log_scale
 
     def assemble(self, w: torch.Tensor, y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Network units -> cells / E_inc (B, n_voxels): cells where y > 0, each layer scaled to its energy."""
+        """Network units -> cells / E_inc (B, n_voxels): the hit cells, each layer scaled to its energy.
+
+        Hits are the cells where y > 0 (``occupancy: threshold``), or the layer's generated hit count of cells
+        of highest y (``counted``).  Why counted: in hadron data ~1 % of the cells are hits, and a flow trained
+        by least squares shrinks rare modes, so the cells it lifts above zero were too few (measured on hcal48
+        pions: 84 hits per shower against 282); the number of hits of each layer is then learnt where it is one
+        number (the energy flow, next to the layer's energy), and the cells' flow only has to rank them.
+        """
         cfg = self.cfg
-        thr = max(cfg.readout_threshold_mev, 1e-12)
+        thr = max(self.threshold_mev, 1e-12)
         e_mev = (c[:, 0] * self.max_energy_mev)[:, None]
         u = self.layer_energies(w)  # (B, L) fractions of E_inc
         logs = (y * cfg.log_scale).clamp(max=40.0)
-        cells = torch.where(logs > 0, torch.exp(logs), torch.zeros_like(logs))  # in units of the threshold
+        if cfg.occupancy == "counted":
+            n = self.hit_counts(w)[:, :, None]  # (B, L, 1)
+            ranked = torch.sort(y, dim=2, descending=True).values
+            kth = ranked.gather(2, (n.clamp_min(1.0) - 1.0).long())  # the n-th highest y of each layer
+            keep = (y >= kth) & (n > 0)
+            # a kept cell is a hit: it starts from at least hit_floor_log, not from where the flow left it (the
+            # flow lifts too few cells out of the empty level; those it leaves there would get a negligible share
+            # of the layer's energy and fall below the threshold again)
+            cells = torch.where(keep, torch.exp(logs.clamp(min=self.hit_floor_log)), torch.zeros_like(logs))
+        else:
+            cells = torch.where(logs > 0, torch.exp(logs), torch.zeros_like(logs))  # in units of the threshold
         total = cells.sum(dim=2, keepdim=True)
         frac = cells / total.clamp_min(1e-30)  # shape of each layer; an empty layer stays empty
         out = frac * u[:, :, None]
-        if cfg.readout_threshold_mev > 0:
+        if self.threshold_mev > 0:
             out = torch.where(out * e_mev[:, :, None] >= thr, out, torch.zeros_like(out))
         return out.reshape(out.shape[0], -1)
 
     # ------------------------------------------------------------------------------------ training
+    def cell_weights(self, c: torch.Tensor) -> torch.Tensor | None:
+        """Weights of the cells in the shape loss, (B, L, P) or None for equal weights.
+
+        A weight that depends only on the cell and the condition leaves the flow's optimum (the conditional
+        mean velocity of each cell) where it is and only says where the network's capacity goes; the grid
+        family weights by how often a cell is hit, so the ~1 % of hit cells are not drowned by empty ones.
+        """
+        return None
+
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> dict[str, torch.Tensor]:
         """Flow-matching losses for a batch (random times and noise drawn split-invariantly for DDP)."""
         w1, y1 = self.to_units(x, c)
@@ -262,7 +347,9 @@ class ShowerCFM(nn.Module):
             energy = ((vw - (w1 - zw)) ** 2).mean(dim=1).mean()
         if _learns(self.shape):
             vy = self.shape((1 - te[:, :, None]) * zy + te[:, :, None] * y1, self.shape_condition(w1), cond, t)
-            shape = ((vy - (y1 - zy)) ** 2).mean(dim=(1, 2)).mean()
+            err = (vy - (y1 - zy)) ** 2
+            weights = self.cell_weights(c)
+            shape = (err if weights is None else err * weights).mean(dim=(1, 2)).mean()
         return {"loss": shape + self.cfg.energy_weight * energy, "shape": shape, "energy": energy}
 
     # ------------------------------------------------------------------------------------ sampling
@@ -378,17 +465,22 @@ class CFMModel(ModelType):
     def sidecar_fields(self, cfg: CFMConfig, norm: Normalisation, latent_dim: int, voxel_order: str,
                        onnx_file: str) -> dict[str, Any]:
         assert isinstance(norm, EMNormalisation)
-        n_e = n_energy_coordinates(cfg, norm.geometry.n_z)
         return {
             "n_geometry_slots": norm.conditioning.n_geometry_slots,
             "max_energy_mev": norm.conditioning.max_energy_gev * 1000.0,
             "max_angle_deg": norm.conditioning.max_angle_deg,
             "readout_threshold_mev": cfg.readout_threshold_mev,
-            "solver": {
-                "method": cfg.solver, "steps": cfg.steps, "energy_steps": cfg.energy_steps or cfg.steps,
-                "loop": "inside the graph (unrolled at export)",
-                "odes": [f"layer energies ({cfg.energy_param}, first), noise z[0:{n_e}]",
-                         f"cells given them, noise z[{n_e}:]"],
-                "note": "one Run call per batch gives finished showers; re-export with --steps N for another count",
-            },
+            "solver": solver_sidecar(cfg, norm.geometry.n_z),
         }
+
+
+def solver_sidecar(cfg: CFMConfig, n_layers: int) -> dict[str, Any]:
+    """The sidecar's ``solver`` block: how the graph integrates, and which noise columns feed which ODE."""
+    n_e = n_energy_coordinates(cfg, n_layers)
+    first = f"layer energies ({cfg.energy_param}" + (", hit counts" if cfg.occupancy == "counted" else "") + ", first)"
+    return {
+        "method": cfg.solver, "steps": cfg.steps, "energy_steps": cfg.energy_steps or cfg.steps,
+        "loop": "inside the graph (unrolled at export)",
+        "odes": [f"{first}, noise z[0:{n_e}]", f"cells given them, noise z[{n_e}:]"],
+        "note": "one Run call per batch gives finished showers; re-export with --steps N for another count",
+    }
