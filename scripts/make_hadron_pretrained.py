@@ -66,7 +66,12 @@ MODELS: dict[str, dict[str, Any]] = {
                  "* what it learns: a flow over E_sum/E_inc, each layer's share of it and each layer's number of "
                  "hits (`occupancy: counted`), then a layer transformer with a per-cell head over log(cell / 0.5 "
                  "MIP); each layer keeps its generated number of hits, those of highest value, scaled to its "
-                 "generated energy (`src/mlfastsim/showers/models/cfm_grid.py`)"],
+                 "generated energy (`src/mlfastsim/showers/models/cfm_grid.py`)",
+                 "* built in two stages: `configs/hadrons/cfm.yaml` (both flows), then "
+                 "`configs/hadrons/cfm_energy.yaml` (a wider energy network alone on the frozen shape network, "
+                 "`trainable: [energy]`)",
+                 "* batch generation: at most 256 showers per call (the per-cell head holds rows x 48 x 625 x 8 "
+                 "floats)"],
         "description": "conditional flow matching (layer transformer; E_sum, layer energies and hit counts first) "
                        "for charged pions of 10-100 GeV on the hcal48 grid, 48 x 25 x 25 crop; small CPU model",
     },
