@@ -78,6 +78,11 @@ MODELS: dict[str, dict[str, Any]] = {
 }
 
 
+#: what ships (index.json); cfm_hcal48_pion is built on request: it ties the WGAN's classifier AUC and misses the
+#: longitudinal-profile target (issue 14's closing note), so it does not beat the shipped two
+SHIPPED = ("wgan_hcal48_pion", "bibae_pp_hcal48_pion")
+
+
 def _study() -> Any:
     """benchmarks/hadron_study.py as a module (its CLI wrapper and training recipe)."""
     spec = importlib.util.spec_from_file_location("hadron_study", ROOT / "benchmarks" / "hadron_study.py")
@@ -200,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
     parser.add_argument("--metrics", type=Path, default=None, help="hadron_study results directory")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--models", default=",".join(MODELS), help="which shipped models to write")
+    parser.add_argument("--models", default=",".join(SHIPPED),
+                        help="which models to write (default: the shipped ones; cfm_hcal48_pion on request)")
     args = parser.parse_args(argv)
     names = [n for n in args.models.split(",") if n]
     unknown = sorted(set(names) - set(MODELS))
