@@ -150,6 +150,27 @@ def _batch_draw(draw: Any, t: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ batch norm over the global batch
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose gradient is the sum over ranks of the incoming gradients.
+
+    Why not ``torch.distributed.nn.functional.all_reduce``: it is deprecated, and with it one rank in a few
+    aborted at exit ("terminate called without an active exception", gloo, CPU; 1 of 3 runs of the DDP
+    batch-norm test on a quiet machine), after training had finished and written its checkpoint.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.contiguous().clone()
+        dist.all_reduce(out)
+        return out
+
+
 class _GlobalBatchNormMixin:
     """Batch norm whose training statistics are those of the global batch (all ranks), on CPU too.
 
@@ -162,13 +183,11 @@ class _GlobalBatchNormMixin:
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not (self.training and is_distributed()):
             return super().forward(input)  # type: ignore[misc]
-        from torch.distributed.nn.functional import all_reduce as autograd_all_reduce
-
         c = input.shape[1]
         dims = [0, *range(2, input.dim())]
         x64 = input.double()
         count = x64.new_tensor([input.numel() / c])
-        stats = autograd_all_reduce(torch.cat([x64.sum(dims), (x64 * x64).sum(dims), count]))
+        stats = _AllReduceSum.apply(torch.cat([x64.sum(dims), (x64 * x64).sum(dims), count]))
         n = stats[-1]
         mean = stats[:c] / n
         var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0.0)
