@@ -337,6 +337,10 @@ def test_kinematics_ranges_and_mixed() -> None:
         ({"energies_gev": [10], "angle_range_deg": (60, 60)}, "--angle-range-deg"),
         ({"energies_gev": [10], "n_per_point": 0}, "--n-per-point"),
         ({"energies_gev": [10], "seed": -1}, "--seed"),
+        ({"energies_gev": [1e30]}, "--energy-gev"),  # a typo, not an energy: refused, not simulated
+        ({"energies_gev": [10, float("inf")]}, "--energy-gev"),
+        ({"energy_range_gev": (10, float("nan"))}, "--energy-range-gev"),
+        ({"energy_range_gev": (10, 2e6)}, "--energy-range-gev"),
     ],
 )
 def test_bad_kinematics_name_the_option(kwargs: dict, field: str) -> None:

@@ -160,12 +160,27 @@ def _as_range(values: tuple[float, float], field: str) -> tuple[float, float]:
     return lo, hi
 
 
+#: the largest incident energy a simulation accepts, GeV: above every collider calorimeter (FCC-hh jets reach
+#: tens of TeV) by a margin, below values that only a typo makes (1e30 GeV ran and wrote meaningless showers)
+MAX_ENERGY_GEV = 1.0e6
+
+
 def _check_energies(e: np.ndarray, field: str) -> None:
+    e = np.asarray(e, dtype=np.float64)
+    if not np.all(np.isfinite(e)):
+        raise ConfigError("incident energies must be finite numbers", field=field,
+                          fix="give energies in GeV, e.g. 10,50")
     if np.any(e <= 0):
         raise ConfigError(
             f"incident energies must be > 0 GeV, got {float(e.min())}",
             field=field,
             fix="use positive energies",
+        )
+    if np.any(e > MAX_ENERGY_GEV):
+        raise ConfigError(
+            f"incident energy {float(e.max()):g} GeV is above {MAX_ENERGY_GEV:g} GeV (1 PeV)",
+            field=field,
+            fix="give energies in GeV (e.g. 10,50, not MeV or eV)",
         )
 
 
