@@ -1,12 +1,12 @@
-"""Rebuild the shipped hadron models ``wgan_hcal48_pion``, ``bibae_pp_hcal48_pion`` and ``cfm_hcal48_pion``
-(weights, cards, index).
+"""Rebuild the shipped hadron models ``wgan_hcal48_pion`` and ``bibae_pp_hcal48_pion`` (weights, cards, index),
+and on request (``--models cfm_hcal48_pion``) the flow-matching model, which is not shipped (see ``SHIPPED``).
 
 1. simulate the training pions exactly as ``benchmarks/hadron_study.py`` does (4000 charged pions, uniform
    10-100 GeV, seed 1, hcal48, steel/scintillator, 0.5 MIP threshold);
 2. train with ``configs/hadrons/*.yaml`` through the CLI, seed 0, on the CPU: regressor -> WGAN,
-   BIB-AE -> post-processor, and the flow-matching model (one stage), with the step counts below (the
-   benchmark's defaults, so a benchmark work directory can be reused with ``--work-dir``: existing runs are
-   not retrained);
+   BIB-AE -> post-processor, and the flow-matching model (shape + energy, then energy alone), with the step
+   counts below (the benchmark's defaults, so a benchmark work directory can be reused with ``--work-dir``:
+   existing runs are not retrained);
 3. strip each final checkpoint to float32 weights + model metadata (no optimiser, RNG or history) and
    write it with a fixed archive name, so the same run gives the same bytes;
 4. write ``<name>.pt``, the model card ``<name>.md`` (with the benchmark's numbers when ``--metrics`` points

@@ -82,26 +82,23 @@ class GridCFM(ShowerCFM):
         super().__init__(nz, ny * nx, norm.cond_width, norm.energy_norm_gev * 1000.0, cfg,
                          threshold_mev=flow_threshold_mev(cfg, norm))
         self.unit = float(norm.energy_scale_mev / (norm.energy_norm_gev * 1000.0))
-        # the hottest cell the training data allow per layer and ring (the energy baseline's log_max: the
+        # y_max: the hottest cell the training data allow per layer and ring (the energy baseline's log_max: the
         # largest log hit energy in MIP + 0.5), in the flow's y units; a flow solved in a few Euler steps
         # overshoots in its rare tail (measured: y up to 4.5 against the data's 1.7), and one such cell takes
         # the layer's energy from all the others when the layer is scaled to its generated energy
-        fields = norm.baseline_fields()
-        y_max = torch.full((nz, ny * nx), math.inf)
-        if fields is not None and fields[2] is not None:
-            log_max = torch.from_numpy(np.asarray(fields[2], dtype=np.float32).reshape(nz, ny * nx))
-            y_max = (log_max + math.log(norm.energy_scale_mev / max(self.threshold_mev, 1e-12))) / cfg.log_scale
-        self.register_buffer("y_max", y_max, persistent=False)  # from the normalisation, not a weight
+        a, b, log_max = norm.baseline_fields() or (None, None, None)
+        log_mip = math.log(norm.energy_scale_mev / max(self.threshold_mev, 1e-12))  # a MIP, log(signal / threshold)
+
+        def per_cell(v: np.ndarray | None, fill: float) -> torch.Tensor:
+            return torch.full((nz, ny * nx), fill) if v is None else torch.from_numpy(v).reshape(nz, ny * nx)
+
+        # non-persistent buffers: rebuilt from the normalisation, never weights
+        self.register_buffer("y_max", (per_cell(log_max, math.inf) + log_mip) / cfg.log_scale,
+                             persistent=False)
         # how often each cell is hit at condition e: the baseline's hit log-odds, a + b * log(e) (see cell_weights)
-        occ_a = torch.zeros(nz, ny * nx)
-        occ_b = torch.zeros(nz, ny * nx)
-        if fields is not None:
-            occ_a = torch.from_numpy(np.asarray(fields[0][0], dtype=np.float32).reshape(nz, ny * nx))
-            occ_b = torch.from_numpy(np.asarray(fields[1][0], dtype=np.float32).reshape(nz, ny * nx))
-        self.register_buffer("occ_a", occ_a, persistent=False)
-        self.register_buffer("occ_b", occ_b, persistent=False)
-        self.hit_floor_log = max(math.log(cfg.hit_floor_mip * norm.energy_scale_mev / max(self.threshold_mev, 1e-12))
-                                 if cfg.hit_floor_mip > 0 else 0.0, 0.0)
+        self.register_buffer("occ_a", per_cell(None if a is None else a[0], 0.0), persistent=False)
+        self.register_buffer("occ_b", per_cell(None if b is None else b[0], 0.0), persistent=False)
+        self.hit_floor_log = max(math.log(cfg.hit_floor_mip) + log_mip, 0.0) if cfg.hit_floor_mip > 0 else 0.0
 
     def to_units(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         frac = x.reshape(x.shape[0], -1) * (self.unit / c[:, :1].clamp_min(1e-6))
